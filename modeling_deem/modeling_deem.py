@@ -1,0 +1,454 @@
+"""DEEM as a transformers model: image encoder + resampler → causal LM, and a frozen diffusers decoder that
+adds the next-image (NIP) and consistency (CSR) losses.
+
+Exported as remote code: import siblings only with ``from .x import Y``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+
+from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
+from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
+from .positional_embeddings import sincos_1d
+from .resampler_deem import DeemResampler
+from .vision_deem import DeemVisionTower
+
+
+@dataclass
+class DeemImageFeatures(ModelOutput):
+    """What the image side makes of each image.
+
+    image_embeds: `(num_images, num_image_tokens, text_hidden)`, the tokens the LLM reads (e_n).
+    condition_embeds: `(num_images, num_image_tokens, cross_attention_dim)`, the CSR condition for the UNet
+        (None when the model has no image decoder).
+    resampled: `(num_images, num_image_tokens, resampler_hidden)`, the resampler output both heads read.
+    """
+
+    image_embeds: torch.FloatTensor | None = None
+    condition_embeds: torch.FloatTensor | None = None
+    resampled: torch.FloatTensor | None = None
+
+
+@dataclass
+class DeemCausalLMOutputWithPast(ModelOutput):
+    """`loss = ntp_loss + λ_NIP·nip_loss + λ_CSR·csr_loss` over the parts that were computed."""
+
+    loss: torch.FloatTensor | None = None
+    ntp_loss: torch.FloatTensor | None = None
+    nip_loss: torch.FloatTensor | None = None
+    csr_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class DeemPreTrainedModel(PreTrainedModel):
+    config_class = DeemConfig
+    config: DeemConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+
+class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
+    """The DEEM model. The UNet and VAE are frozen (no gradient, no optimizer state) in every stage."""
+
+    def __init__(self, config: DeemConfig) -> None:
+        super().__init__(config)
+        text_hidden = config.text_config.hidden_size
+        resampler_hidden = config.resampler_config.hidden_size
+        self.vision_tower = DeemVisionTower(config.vision_config)
+        self.visual_resampler = DeemResampler(config.resampler_config, config.num_image_tokens)
+        self.image_to_text = nn.Linear(resampler_hidden, text_hidden)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        native = [self.vision_tower.native_modules]
+        if config.with_image_decoder:
+            cross = config.cross_attention_dim
+            self.image_to_condition = nn.Linear(resampler_hidden, cross)
+            self.context_proj = nn.Linear(text_hidden, text_hidden)
+            self.condition_resampler = DeemResampler(config.condition_resampler_config, config.num_image_tokens)
+            self.negative_condition = nn.Parameter(torch.zeros(1, config.num_image_tokens, cross))
+            self.unet = build_unet(config.unet_config)
+            self.vae = build_vae(config.vae_config)
+            self.unet.requires_grad_(False)
+            self.vae.requires_grad_(False)
+            self.noise_scheduler = build_noise_scheduler(config.scheduler_config)
+            native += [self.unet, self.vae]
+        # Modules that keep their own library's initialisation instead of transformers' normal(0, 0.02).
+        self._native_init_ids = frozenset(id(m) for part in native for m in part.modules())
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------- plumbing
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if id(module) in getattr(self, "_native_init_ids", ()):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            return
+        if isinstance(module, DeemResampler):
+            init.normal_(module.queries, std=std)
+        elif isinstance(module, DeemForConditionalGeneration) and module.config.with_image_decoder:
+            init.normal_(module.negative_condition, std=std)
+        super()._init_weights(module)
+
+    def train(self, mode: bool = True) -> DeemForConditionalGeneration:
+        """The frozen diffusion parts stay in eval mode (no dropout) whatever the rest does."""
+        super().train(mode)
+        if self.config.with_image_decoder:
+            self.unet.eval()
+            self.vae.eval()
+        return self
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def _require_image_decoder(self, what: str) -> None:
+        if not self.config.with_image_decoder:
+            raise ValueError(f"{what} needs the diffusion image decoder, but this model has with_image_decoder=False.")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Also maps `AutoModel` to this class, so both auto classes load the folder with remote code."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}")
+        self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ image side
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, image_masks: torch.Tensor | None = None
+    ) -> DeemImageFeatures:
+        """Images `(N, 3, H, W)` (+ optional region masks `(N, H, W)`) → 77 tokens each for the LLM and CSR."""
+        tokens = self.vision_tower(pixel_values, image_masks)
+        resampled = self.visual_resampler(tokens)
+        return DeemImageFeatures(
+            image_embeds=self.image_to_text(resampled),
+            condition_embeds=self.image_to_condition(resampled) if self.config.with_image_decoder else None,
+            resampled=resampled,
+        )
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, num_images: int
+    ) -> torch.BoolTensor:
+        """Where the image tokens go; refuses a text whose image slots do not match the images given."""
+        if input_ids is None:
+            placeholder = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == placeholder).all(-1)
+        else:
+            mask = input_ids == self.config.image_token_id
+        per_image = self.config.num_image_tokens
+        found = int(mask.sum())
+        if found != num_images * per_image:
+            raise ValueError(
+                f"Got {num_images} images but the text has {found / per_image:g} image slots ({found} image "
+                f"placeholder tokens, {per_image} per image); the numbers must match."
+            )
+        return mask
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_masks: torch.Tensor | None = None,
+        decoder_pixel_values: torch.FloatTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> DeemCausalLMOutputWithPast:
+        """Text + images in; logits and the three losses out.
+
+        pixel_values: encoder views `(num_images, 3, H, W)`, in order of their slots in the batch.
+        image_masks: optional region masks `(num_images, H, W)` in [0, 1] (mask-aware extractor, region CSR).
+        decoder_pixel_values: decoder views `(num_images, 3, 512, 512)` in [-1, 1] of the same images; when given
+            (training), NIP and CSR are computed, with each image encoded by the VAE once for both.
+        labels: next-token targets; image placeholder positions are never targets.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, image_masks)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, pixel_values.shape[0])
+            image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
+        elif input_ids is not None and _is_prefill(past_key_values):
+            slots = int((input_ids == self.config.image_token_id).sum()) // self.config.num_image_tokens
+            if slots:
+                raise ValueError(f"The text has {slots} image slots but no pixel_values were given.")
+
+        outputs = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.get_output_embeddings()(hidden[:, keep, :])
+
+        ntp_loss = nip_loss = csr_loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+            ntp_loss = self.language_model.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
+            )
+        if decoder_pixel_values is not None:
+            nip_loss, csr_loss = self._diffusion_losses(
+                decoder_pixel_values, image_features, image_masks, hidden, input_ids, attention_mask
+            )
+
+        loss = None
+        for part, weight in ((ntp_loss, 1.0), (nip_loss, self.config.nip_loss_weight),
+                             (csr_loss, self.config.csr_loss_weight)):
+            if part is not None:
+                loss = weight * part if loss is None else loss + weight * part
+        return DeemCausalLMOutputWithPast(
+            loss=loss,
+            ntp_loss=ntp_loss,
+            nip_loss=nip_loss,
+            csr_loss=csr_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features.image_embeds if image_features is not None else None,
+        )
+
+    # ------------------------------------------------------------------------------------ diffusion losses
+    def _diffusion_losses(
+        self,
+        decoder_pixel_values: torch.FloatTensor,
+        image_features: DeemImageFeatures | None,
+        image_masks: torch.Tensor | None,
+        hidden: torch.FloatTensor,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        self._require_image_decoder("decoder_pixel_values (NIP/CSR losses)")
+        if image_features is None:
+            raise ValueError("decoder_pixel_values were given without pixel_values: NIP and CSR need both views.")
+        num_images = image_features.image_embeds.shape[0]
+        size = self.config.decoder_image_size
+        if decoder_pixel_values.ndim != 4 or decoder_pixel_values.shape[:2] != (num_images, 3):
+            raise ValueError(
+                f"decoder_pixel_values must be (num_images={num_images}, 3, {size}, {size}), "
+                f"got shape {tuple(decoder_pixel_values.shape)}"
+            )
+        if input_ids is None:
+            raise ValueError("NIP needs input_ids to find each image's <|startofimage|> context.")
+        latents = encode_latents(self.vae, decoder_pixel_values)
+        nip_loss = csr_loss = None
+        if self.config.csr_loss_weight > 0:
+            csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks)
+        if self.config.nip_loss_weight > 0:
+            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask)
+        return nip_loss, csr_loss
+
+    def _sample_timesteps(self, low: int, high: int, count: int, device: torch.device) -> torch.LongTensor:
+        return torch.randint(low, high, (count,), device=device, dtype=torch.long)
+
+    def _csr_loss(
+        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The frozen UNet denoises each image from the image encoder's own tokens; gradient reaches E_V."""
+        low, high = self.config.csr_timestep_range
+        timesteps = self._sample_timesteps(low, high, latents.shape[0], latents.device)
+        per_image = denoising_loss(self.unet, self.noise_scheduler, latents, condition, timesteps, image_masks)
+        return per_image.mean()
+
+    def image_contexts(
+        self, hidden: torch.FloatTensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """For each image slot: the LLM states of its document up to and including its `<|startofimage|>`.
+
+        The document starts at the last BOS before the image (so packed documents do not mix) or at the first
+        attended token. Returns the contexts and the indices of the images that have one: an image with nothing
+        but `<s><|startofimage|>` before it (the first element of its document) has no NIP target.
+        """
+        per_image = self.config.num_image_tokens
+        first_placeholders = (input_ids == self.config.image_token_id).nonzero()[::per_image]
+        bos = self.config.bos_token_id
+        contexts, kept = [], []
+        for index, (row, position) in enumerate(first_placeholders.tolist()):
+            soi = position - 1
+            if soi < 0 or int(input_ids[row, soi]) != self.config.image_start_token_id:
+                raise ValueError(
+                    f"Image slot {index} (row {row}, position {position}) is not preceded by <|startofimage|> "
+                    f"(id {self.config.image_start_token_id})."
+                )
+            row_ids = input_ids[row, : soi + 1]
+            start = 0
+            if attention_mask is not None and attention_mask.ndim == 2:
+                attended = attention_mask[row, : soi + 1].nonzero()
+                start = int(attended[0]) if len(attended) else soi
+            if bos is not None:
+                bos_positions = (row_ids[start:] == bos).nonzero()
+                if len(bos_positions):
+                    start += int(bos_positions[-1])
+            content = soi - start - int(bos is not None and int(row_ids[start]) == bos)
+            if content <= 0:
+                continue
+            contexts.append(hidden[row, start : soi + 1].flip(0))
+            kept.append(index)
+        return contexts, kept
+
+    def condition_from_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """Reversed LLM contexts → `(n, 77, cross_attention_dim)` UNet conditions (the NIP / generation path)."""
+        lengths = torch.tensor([len(c) for c in contexts], device=contexts[0].device)
+        padded = pad_sequence(contexts, batch_first=True)
+        key_mask = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
+        positions = sincos_1d(torch.arange(padded.shape[1], device=padded.device), padded.shape[-1])
+        tokens = self.context_proj(padded) + positions.to(padded.dtype)
+        return self.condition_resampler(tokens, key_mask)
+
+    def _nip_loss(
+        self,
+        latents: torch.Tensor,
+        hidden: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Each image (but the first of a document) is denoised from its preceding context; 10 % condition drop."""
+        contexts, kept = self.image_contexts(hidden, input_ids, attention_mask)
+        if not kept:
+            return None
+        condition = self.condition_from_contexts(contexts)
+        if self.training and self.config.condition_dropout_prob > 0:
+            drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob
+            negative = self.negative_condition.to(condition.dtype).expand_as(condition)
+            condition = torch.where(drop[:, None, None], negative, condition)
+        low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
+        timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
+        kept_latents = latents[torch.tensor(kept, device=latents.device)]
+        return denoising_loss(self.unet, self.noise_scheduler, kept_latents, condition, timesteps).mean()
+
+    # --------------------------------------------------------------------------------- building from parts
+    @classmethod
+    def from_components(
+        cls,
+        language_model: str | os.PathLike,
+        vision_model: str,
+        diffusion_model: str | os.PathLike,
+        vision_pretrained: str | None = None,
+        dtype: torch.dtype | None = None,
+        **config_kwargs: Any,
+    ) -> DeemForConditionalGeneration:
+        """Assemble DEEM from pretrained parts; the resamplers and heads start fresh.
+
+        language_model: an HF causal LM (hub id or folder). Unless `image_start_token_id`/`image_token_id` are
+            given, two new token ids are appended to its vocabulary (the processor's tokenizer must match).
+        vision_model: an open_clip model name whose tower is a timm ConvNeXt (e.g. "convnext_base_w_320");
+            `vision_pretrained` is its open_clip pretrained tag or a checkpoint path.
+        diffusion_model: a diffusers Stable Diffusion folder or hub id (subfolders unet/, vae/, scheduler/).
+        config_kwargs: other `DeemConfig` fields (resampler sizes, loss weights, image sizes, ...).
+        """
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        vision_config, trunk_state = _open_clip_trunk(vision_model, vision_pretrained,
+                                                       config_kwargs.pop("vision_config", None) or {})
+        lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(diffusion_model, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(diffusion_model, subfolder="vae", torch_dtype=dtype)
+        scheduler = DDPMScheduler.from_pretrained(diffusion_model, subfolder="scheduler")
+
+        text_config = lm.config
+        if "image_start_token_id" not in config_kwargs and "image_token_id" not in config_kwargs:
+            base = text_config.vocab_size
+            config_kwargs.update(image_start_token_id=base, image_token_id=base + 1)
+            lm.resize_token_embeddings(base + 2, mean_resizing=True)
+        resampler = {**VISUAL_RESAMPLER_CONFIG, **(config_kwargs.pop("resampler_config", None) or {}),
+                     "encoder_hidden_size": vision_config.hidden_size}
+        condition = {**CONDITION_RESAMPLER_CONFIG,
+                     **(config_kwargs.pop("condition_resampler_config", None) or {}),
+                     "encoder_hidden_size": text_config.hidden_size,
+                     "hidden_size": unet.config.cross_attention_dim}
+        config = DeemConfig(
+            text_config=text_config.to_dict(),
+            vision_config=vision_config.to_dict(),
+            resampler_config=resampler,
+            condition_resampler_config=condition,
+            unet_config=dict(unet.config),
+            vae_config=dict(vae.config),
+            scheduler_config=dict(scheduler.config),
+            **config_kwargs,
+        )
+        model = cls(config)
+        model.language_model.load_state_dict(lm.state_dict())
+        model.vision_tower.trunk.load_state_dict(trunk_state)
+        model.unet.load_state_dict(unet.state_dict())
+        model.vae.load_state_dict(vae.state_dict())
+        return model.to(dtype) if dtype is not None else model
+
+
+def _is_prefill(past_key_values: Cache | None) -> bool:
+    return past_key_values is None or past_key_values.get_seq_length() == 0
+
+
+def _open_clip_trunk(
+    name: str, pretrained: str | None, overrides: dict
+) -> tuple[DeemVisionConfig, dict[str, torch.Tensor]]:
+    """Build an open_clip model (weights from a tag or a checkpoint file) and take its ConvNeXt trunk."""
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ValueError(f"Unknown vision tower {name!r}: not an open_clip model name (see open_clip.list_models()).")
+    vision_cfg = open_clip.get_model_config(name)["vision_cfg"]
+    timm_name = vision_cfg.get("timm_model_name")
+    if not timm_name or not timm_name.startswith("convnext"):
+        raise ValueError(f"Unknown vision tower {name!r}: DEEM needs an open_clip model with a timm ConvNeXt tower.")
+    clip = open_clip.create_model(name, pretrained=pretrained)
+    trunk = clip.visual.trunk
+    config = DeemVisionConfig(
+        timm_model_name=timm_name,
+        depths=[len(stage.blocks) for stage in trunk.stages],
+        dims=[info["num_chs"] for info in trunk.feature_info],
+        open_clip_model_name=name,
+        open_clip_pretrained=pretrained,
+        **overrides,
+    )
+    return config, trunk.state_dict()
+
+
+DeemForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
