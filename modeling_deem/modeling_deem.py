@@ -86,8 +86,7 @@ class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
             self.negative_condition = nn.Parameter(torch.zeros(1, config.num_image_tokens, cross))
             self.unet = build_unet(config.unet_config)
             self.vae = build_vae(config.vae_config)
-            self.unet.requires_grad_(False)
-            self.vae.requires_grad_(False)
+            self.freeze_image_decoder()
             self.noise_scheduler = build_noise_scheduler(config.scheduler_config)
             native += [self.unet, self.vae]
         # Modules that keep their own library's initialisation instead of transformers' normal(0, 0.02).
@@ -106,6 +105,20 @@ class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
         elif isinstance(module, DeemForConditionalGeneration) and module.config.with_image_decoder:
             init.normal_(module.negative_condition, std=std)
         super()._init_weights(module)
+
+    def freeze_image_decoder(self) -> None:
+        """UNet and VAE never train: no gradient, hence no optimizer state for them."""
+        if self.config.with_image_decoder:
+            self.unet.requires_grad_(False)
+            self.vae.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> DeemForConditionalGeneration:
+        """As `PreTrainedModel.from_pretrained`; loading puts fresh parameters in, so the decoder is re-frozen."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.freeze_image_decoder()
+        return loaded
 
     def train(self, mode: bool = True) -> DeemForConditionalGeneration:
         """The frozen diffusion parts stay in eval mode (no dropout) whatever the rest does."""
