@@ -1,0 +1,129 @@
+"""DeemProcessor: tokenizer + DeemImageProcessor + the paper's chat template.
+
+Each `<image>` in the text becomes `<|startofimage|>` followed by `num_image_tokens` `<|sniffer|>` placeholders.
+Exported as remote code: flat, sibling imports only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .image_processing_deem import DeemImageProcessor  # noqa: F401  (the class travels with the processor)
+from .prompts_deem import CHAT_TEMPLATE, IMAGE_MARKER, SYSTEM_PROMPT, preset_prompt
+
+_TOKENIZER_KWARGS = ("padding", "truncation", "max_length", "add_special_tokens", "padding_side",
+                     "pad_to_multiple_of", "return_attention_mask")
+# Bookkeeping keys that transformers' chat-template path passes along; they do not apply to this processor.
+_IGNORED_KWARGS = ("sanitize_control_tokens", "return_mm_token_type_ids", "images_kwargs", "text_kwargs",
+                   "videos_kwargs", "audio_kwargs", "common_kwargs")
+
+
+class DeemProcessor(ProcessorMixin):
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        num_image_tokens: int = 77,
+        image_start_token: str = "<|startofimage|>",
+        image_placeholder_token: str = "<|sniffer|>",
+        **kwargs: Any,
+    ) -> None:
+        self.num_image_tokens = num_image_tokens
+        self.image_start_token = image_start_token
+        self.image_placeholder_token = image_placeholder_token
+        self.image_marker = IMAGE_MARKER
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+        vocab = self.tokenizer.get_vocab()
+        for token in (image_start_token, image_placeholder_token):
+            if token not in vocab:
+                raise ValueError(f"The tokenizer has no {token!r} token; add it as a special token first.")
+        self.image_start_token_id = vocab[image_start_token]
+        self.image_token_id = vocab[image_placeholder_token]
+
+    @property
+    def image_slot(self) -> str:
+        return self.image_start_token + self.image_placeholder_token * self.num_image_tokens
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        images: Any = None,
+        image_masks: Any = None,
+        return_tensors: str | None = "pt",
+        return_decoder_views: bool = False,
+        train: bool = False,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Tokenise texts with `<image>` markers and process their images (flat list, or one list per text).
+
+        `image_masks` mirrors `images` (a mask or None per image). Padding is on for batches; for batched
+        generation pass `padding_side="left"`.
+        """
+        unknown = set(kwargs) - set(_TOKENIZER_KWARGS) - set(_IGNORED_KWARGS)
+        if unknown:
+            raise TypeError(f"DeemProcessor got unexpected arguments: {', '.join(sorted(unknown))}")
+        if text is None:
+            raise ValueError("DeemProcessor needs text (use '<image>' where each image goes).")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("Empty batch: no texts given.")
+        flat_images = _flatten(images)
+        flat_masks = _flatten(image_masks) if image_masks is not None else None
+        slots = [t.count(self.image_marker) for t in texts]
+        if sum(slots) != len(flat_images):
+            raise ValueError(
+                f"The text has {sum(slots)} image slots ('{self.image_marker}') but {len(flat_images)} images were given."
+            )
+        if flat_masks is not None and len(flat_masks) != len(flat_images):
+            raise ValueError(f"Got {len(flat_masks)} image masks for {len(flat_images)} images; give one per image.")
+        expanded = [t.replace(self.image_marker, self.image_slot) for t in texts]
+        tokenizer_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
+        tokenizer_kwargs.setdefault("padding", len(expanded) > 1)
+        data = dict(self.tokenizer(expanded, return_tensors=return_tensors, **tokenizer_kwargs))
+        if flat_images:
+            data.update(self.image_processor.preprocess(
+                flat_images, image_masks=flat_masks, return_decoder_views=return_decoder_views, train=train,
+                seed=seed, return_tensors=return_tensors,
+            ))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def prompt(self, preset: str, with_answer_prefix: bool = True, **fields: str) -> str:
+        """A full chat prompt for one of the paper's presets (vqa, caption, region, pope, robustvqa)."""
+        user, prefix = preset_prompt(preset, **fields)
+        text = self.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                        tokenize=False)
+        return f"{text} {prefix}" if with_answer_prefix and prefix else text
+
+    def decode_new_tokens(self, generated: torch.Tensor, prompt_length: int) -> list[str]:
+        """The text each row generated after its (left-padded) prompt."""
+        return self.tokenizer.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_masks"]
+
+    @property
+    def default_system_prompt(self) -> str:
+        return SYSTEM_PROMPT
+
+
+def _flatten(items: Any) -> list[Any]:
+    if items is None:
+        return []
+    if not isinstance(items, (list, tuple)):
+        return [items]
+    flat = []
+    for item in items:
+        flat.extend(_flatten(item) if isinstance(item, (list, tuple)) else [item])
+    return flat
+
+
+DeemProcessor.register_for_auto_class("AutoProcessor")
