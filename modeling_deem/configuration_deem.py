@@ -108,6 +108,8 @@ class DeemVisionConfig(PretrainedConfig):
         hidden_size: int = 1024,
         feature_levels: list[int] | None = None,
         image_size: int = 256,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
         drop_path_rate: float = 0.0,
         **kwargs: Any,
     ) -> None:
@@ -126,6 +128,9 @@ class DeemVisionConfig(PretrainedConfig):
         if not self.feature_levels or any(level not in (0, 1, 2, 3) for level in self.feature_levels):
             raise ValueError(f"feature_levels must be ConvNeXt stage indices in 0..3, got {self.feature_levels}")
         self.image_size = image_size
+        # CLIP's normalisation: the model turns its own generated images into encoder views with it.
+        self.image_mean = list(image_mean) if image_mean is not None else [0.48145466, 0.4578275, 0.40821073]
+        self.image_std = list(image_std) if image_std is not None else [0.26862954, 0.26130258, 0.27577711]
         self.drop_path_rate = drop_path_rate
         super().__init__(**kwargs)
 

@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
+from .image_generation_deem import DeemImageGenerationMixin
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler
@@ -66,7 +67,7 @@ class DeemPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
 
-class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
+class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel, GenerationMixin):
     """The DEEM model. The UNet and VAE are frozen (no gradient, no optimizer state) in every stage."""
 
     def __init__(self, config: DeemConfig) -> None:
@@ -212,28 +213,10 @@ class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = None
-        if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, image_masks)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, pixel_values.shape[0])
-            image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
-            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
-        elif input_ids is not None and _is_prefill(past_key_values):
-            slots = int((input_ids == self.config.image_token_id).sum()) // self.config.num_image_tokens
-            if slots:
-                raise ValueError(f"The text has {slots} image slots but no pixel_values were given.")
-
-        outputs = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+        kwargs.pop("return_dict", None)  # always a DeemCausalLMOutputWithPast
+        outputs, image_features = self._run_language_model(
+            input_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
+            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -268,6 +251,41 @@ class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=image_features.image_embeds if image_features is not None else None,
         )
+
+    def _run_language_model(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.FloatTensor | None,
+        image_masks: torch.Tensor | None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, DeemImageFeatures | None]:
+        """Splice the image tokens into the text embeddings and run the LLM's decoder (no LM head)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, image_masks)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, pixel_values.shape[0])
+            image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
+        elif input_ids is not None and _is_prefill(past_key_values):
+            slots = int((input_ids == self.config.image_token_id).sum()) // self.config.num_image_tokens
+            if slots:
+                raise ValueError(f"The text has {slots} image slots but no pixel_values were given.")
+
+        outputs = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            return_dict=True,
+            **kwargs,
+        )
+        return outputs, image_features
 
     # ------------------------------------------------------------------------------------ diffusion losses
     def _diffusion_losses(
@@ -331,21 +349,28 @@ class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
                     f"Image slot {index} (row {row}, position {position}) is not preceded by <|startofimage|> "
                     f"(id {self.config.image_start_token_id})."
                 )
-            row_ids = input_ids[row, : soi + 1]
-            start = 0
-            if attention_mask is not None and attention_mask.ndim == 2:
-                attended = attention_mask[row, : soi + 1].nonzero()
-                start = int(attended[0]) if len(attended) else soi
-            if bos is not None:
-                bos_positions = (row_ids[start:] == bos).nonzero()
-                if len(bos_positions):
-                    start += int(bos_positions[-1])
+            start = self.document_start(input_ids[row], attention_mask[row] if _is_2d(attention_mask) else None, soi)
+            row_ids = input_ids[row]
             content = soi - start - int(bos is not None and int(row_ids[start]) == bos)
             if content <= 0:
                 continue
             contexts.append(hidden[row, start : soi + 1].flip(0))
             kept.append(index)
         return contexts, kept
+
+    def document_start(self, row_ids: torch.LongTensor, row_mask: torch.Tensor | None, position: int) -> int:
+        """Where the document holding `position` starts: its last BOS at or before it, else the first attended
+        token (left padding) or 0."""
+        start = 0
+        if row_mask is not None:
+            attended = row_mask[: position + 1].nonzero()
+            start = int(attended[0]) if len(attended) else position
+        bos = self.config.bos_token_id
+        if bos is not None:
+            bos_positions = (row_ids[start : position + 1] == bos).nonzero()
+            if len(bos_positions):
+                start += int(bos_positions[-1])
+        return start
 
     def condition_from_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """Reversed LLM contexts → `(n, 77, cross_attention_dim)` UNet conditions (the NIP / generation path)."""
@@ -433,6 +458,10 @@ class DeemForConditionalGeneration(DeemPreTrainedModel, GenerationMixin):
         model.unet.load_state_dict(unet.state_dict())
         model.vae.load_state_dict(vae.state_dict())
         return model.to(dtype) if dtype is not None else model
+
+
+def _is_2d(mask: torch.Tensor | None) -> bool:
+    return mask is not None and mask.ndim == 2
 
 
 def _is_prefill(past_key_values: Cache | None) -> bool:

@@ -89,6 +89,7 @@ def tiny_config_dict() -> dict[str, Any]:
             "beta_schedule": "scaled_linear",
             "clip_sample": False,
             "prediction_type": "epsilon",
+            "steps_offset": 1,
         },
         "image_start_token_id": 4,
         "image_token_id": 5,

@@ -67,6 +67,9 @@ class DeemProcessor(ProcessorMixin):
         `image_masks` mirrors `images` (a mask or None per image). Padding is on for batches; for batched
         generation pass `padding_side="left"`.
         """
+        for modality in ("videos", "audio"):
+            if kwargs.pop(modality, None) is not None:
+                raise ValueError(f"DeemProcessor takes text and images only; got {modality}.")
         unknown = set(kwargs) - set(_TOKENIZER_KWARGS) - set(_IGNORED_KWARGS)
         if unknown:
             raise TypeError(f"DeemProcessor got unexpected arguments: {', '.join(sorted(unknown))}")

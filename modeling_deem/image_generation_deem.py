@@ -1,0 +1,203 @@
+"""Image output for DEEM: sampling through a diffusers pipeline made of the model's own UNet, VAE and scheduler.
+
+`generate(generation_mode="image")` conditions on the LLM context (NIP path), `reconstruct_images` on the image
+encoder's own tokens (CSR path, the paper's Figure 9), and `generate_interleaved` continues a document with text
+and images. Exported as remote code: flat, sibling imports only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
+
+# The paper's sampling defaults (DESIGN.md section 4): DDPM, 250 steps, guidance 3.5.
+DEFAULT_INFERENCE_STEPS = 250
+DEFAULT_GUIDANCE_SCALE = 3.5
+
+
+class DeemImageGenerationMixin:
+    """Mixed into `DeemForConditionalGeneration`; relies on its UNet, VAE, resamplers and LLM pass."""
+
+    @property
+    def sampling_scheduler(self) -> SchedulerMixin:
+        """DDPM from the training noise schedule unless replaced, e.g.
+        `model.sampling_scheduler = DPMSolverMultistepScheduler.from_config(model.noise_scheduler.config)`."""
+        if getattr(self, "_sampling_scheduler", None) is None:
+            self._sampling_scheduler = DDPMScheduler.from_config(self.noise_scheduler.config)
+        return self._sampling_scheduler
+
+    @sampling_scheduler.setter
+    def sampling_scheduler(self, scheduler: SchedulerMixin) -> None:
+        self._sampling_scheduler = scheduler
+
+    @property
+    def image_pipeline(self) -> StableDiffusionPipeline:
+        """A diffusers pipeline over the model's own modules (no text encoder: conditions come from DEEM)."""
+        self._require_image_decoder("Image generation")
+        pipeline = StableDiffusionPipeline(
+            vae=self.vae, text_encoder=None, tokenizer=None, unet=self.unet, scheduler=self.sampling_scheduler,
+            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    @torch.no_grad()
+    def sample_images(
+        self,
+        condition: torch.Tensor,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        show_progress: bool = False,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Condition `(n, 77, cross_attention_dim)` → n images; the learned negative is the unconditional branch."""
+        pipeline = self.image_pipeline
+        pipeline.set_progress_bar_config(disable=not show_progress)
+        size = self.config.decoder_image_size
+        negative = self.negative_condition.to(condition.dtype).expand_as(condition)
+        result = pipeline(
+            prompt_embeds=condition, negative_prompt_embeds=negative, height=size, width=size,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+            output_type=output_type,
+        )
+        return result.images
+
+    def generate(self, *args: Any, generation_mode: str = "text", **kwargs: Any) -> Any:
+        """`generation_mode="text"` (default): transformers' generate. `"image"`: images from the prompt context."""
+        if generation_mode == "text":
+            return super().generate(*args, **kwargs)
+        if generation_mode == "image":
+            return self.generate_images(*args, **kwargs)
+        raise ValueError(f"generation_mode must be 'text' or 'image', got {generation_mode!r}")
+
+    @torch.no_grad()
+    def prompt_conditions(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One UNet condition per row, from the row's document up to a final `<|startofimage|>` (added if absent).
+
+        Rows must be left-padded (or unpadded) so that each ends at the last column.
+        """
+        soi = self.config.image_start_token_id
+        if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+            raise ValueError("Image generation needs left-padded prompts (every row must end at the last column).")
+        if not bool((input_ids[:, -1] == soi).all()):
+            if bool((input_ids[:, -1] == soi).any()):
+                raise ValueError("Some prompts end with <|startofimage|> and some do not; make them agree.")
+            input_ids = torch.cat([input_ids, input_ids.new_full((input_ids.shape[0], 1), soi)], dim=1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], 1)
+        outputs, _ = self._run_language_model(input_ids, attention_mask, pixel_values, image_masks, use_cache=False)
+        hidden = outputs.last_hidden_state
+        last = input_ids.shape[1] - 1
+        contexts = []
+        for row in range(input_ids.shape[0]):
+            start = self.document_start(input_ids[row], attention_mask[row] if attention_mask is not None else None,
+                                        last)
+            contexts.append(hidden[row, start:].flip(0))
+        return self.condition_from_contexts(contexts)
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_masks: torch.Tensor | None = None,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        show_progress: bool = False,
+    ) -> list[Image.Image] | torch.Tensor:
+        """The next image of each prompt (the NIP path): PIL images, or a tensor in [0, 1] with output_type="pt"."""
+        self._require_image_decoder("generation_mode='image'")
+        condition = self.prompt_conditions(input_ids, attention_mask, pixel_values, image_masks)
+        return self.sample_images(condition, num_inference_steps, guidance_scale, generator, output_type,
+                                  show_progress)
+
+    @torch.no_grad()
+    def reconstruct_images(
+        self,
+        pixel_values: torch.FloatTensor,
+        image_masks: torch.Tensor | None = None,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+    ) -> list[Image.Image] | torch.Tensor:
+        """Images rebuilt from the image encoder's own CSR condition: what the encoder's tokens carry."""
+        self._require_image_decoder("reconstruct_images")
+        condition = self.get_image_features(pixel_values, image_masks).condition_embeds
+        return self.sample_images(condition, num_inference_steps, guidance_scale, generator, output_type)
+
+    def encoder_view(self, images: torch.Tensor) -> torch.Tensor:
+        """Generated images in [0, 1] `(n, 3, h, w)` → encoder inputs (resized, CLIP-normalised)."""
+        vision = self.config.vision_config
+        size = vision.image_size
+        resized = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        mean = torch.tensor(vision.image_mean, device=images.device)[:, None, None]
+        std = torch.tensor(vision.image_std, device=images.device)[:, None, None]
+        return (resized - mean) / std
+
+    @torch.no_grad()
+    def generate_interleaved(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        max_new_tokens: int = 64,
+        max_images: int = 2,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator: torch.Generator | None = None,
+        **text_kwargs: Any,
+    ) -> list[torch.LongTensor | Image.Image]:
+        """Continue one document: text until `<|startofimage|>`, then an image that is fed back as an input
+        image, and on, until EOS, `max_new_tokens` text tokens or `max_images` images.
+
+        Returns the new parts in order: token-id tensors (decode with the tokenizer) and PIL images.
+        """
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"generate_interleaved continues one document at a time, got a batch of {input_ids.shape[0]}.")
+        soi, eos = self.config.image_start_token_id, self.config.eos_token_id
+        stops = [soi] + (list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        parts: list[torch.LongTensor | Image.Image] = []
+        budget, images_made = max_new_tokens, 0
+        while budget > 0:
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            generated = super().generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values,
+                                         max_new_tokens=budget, eos_token_id=stops, **text_kwargs)
+            new = generated[0, input_ids.shape[1]:]
+            budget -= len(new)
+            ends_with_image = len(new) > 0 and int(new[-1]) == soi
+            text = new[:-1] if len(new) and int(new[-1]) in stops else new
+            if len(text):
+                parts.append(text)
+            input_ids, attention_mask = generated, None
+            if not ends_with_image or images_made >= max_images:
+                break
+            image = self.generate_images(input_ids, None, pixel_values, num_inference_steps=num_inference_steps,
+                                         guidance_scale=guidance_scale, generator=generator, output_type="pt")
+            parts.append(_to_pil(image[0]))
+            images_made += 1
+            view = self.encoder_view(image.to(self.device)).to(self.dtype)
+            pixel_values = view if pixel_values is None else torch.cat([pixel_values, view], dim=0)
+            placeholders = input_ids.new_full((1, self.config.num_image_tokens), self.config.image_token_id)
+            input_ids = torch.cat([input_ids, placeholders], dim=1)
+        return parts
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
