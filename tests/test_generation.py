@@ -1,0 +1,150 @@
+"""Text, image, reconstruction, interleaved and region generation on the tiny model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from modeling_deem import DeemConfig, DeemForConditionalGeneration
+from processing import DeemProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "hub_configs" / "deem-tiny"
+
+
+@pytest.fixture(scope="module")
+def processor() -> DeemProcessor:
+    return DeemProcessor.from_pretrained(TINY)
+
+
+@pytest.fixture(scope="module")
+def model() -> DeemForConditionalGeneration:
+    torch.manual_seed(0)
+    return DeemForConditionalGeneration(DeemConfig.from_pretrained(TINY)).eval()
+
+
+def picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+
+
+def test_cached_and_uncached_greedy_agree_in_a_left_padded_batch(model, processor):
+    inputs = processor(text=[processor.prompt("caption"), processor.prompt("vqa", question="What is here?")],
+                       images=[picture(0), picture(1)], padding_side="left")
+    cached = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    uncached = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert cached.shape == (2, inputs["input_ids"].shape[1] + 6)
+
+
+def test_batched_generation_matches_one_at_a_time(model, processor):
+    prompts = [processor.prompt("caption"), processor.prompt("pope", object="cat")]
+    images = [picture(0), picture(1)]
+    batch = processor(text=prompts, images=images, padding_side="left")
+    together = processor.decode_new_tokens(model.generate(**batch, max_new_tokens=5, do_sample=False),
+                                           batch["input_ids"].shape[1])
+    for prompt, image, expected in zip(prompts, images, together):
+        single = processor(text=prompt, images=image)
+        alone = processor.decode_new_tokens(model.generate(**single, max_new_tokens=5, do_sample=False),
+                                            single["input_ids"].shape[1])
+        assert alone == [expected]
+
+
+def test_beam_search_and_sampling(model, processor):
+    inputs = processor(text=[processor.prompt("caption")] * 2, images=[picture(0), picture(1)], padding_side="left")
+    beams = model.generate(**inputs, max_new_tokens=4, num_beams=3, do_sample=False)
+    assert beams.shape[0] == 2
+    torch.manual_seed(0)
+    first = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_k=20)
+    torch.manual_seed(0)
+    again = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_k=20)
+    assert torch.equal(first, again)
+
+
+def test_image_generation_is_seeded_and_swappable(model, processor):
+    inputs = processor(text=["A photo of a red square.", "A blue circle."], padding_side="left")
+    run = lambda seed: model.generate(**inputs, generation_mode="image", num_inference_steps=4,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(seed))
+    first, again, other = run(0), run(0), run(1)
+    assert len(first) == 2 and all(isinstance(im, Image.Image) and im.size == (32, 32) for im in first)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(other[0]))
+    assert type(model.image_pipeline.scheduler).__name__ == "DDPMScheduler"
+    model.sampling_scheduler = DDIMScheduler.from_config(model.noise_scheduler.config)
+    try:
+        ddim = model.generate(**inputs, generation_mode="image", num_inference_steps=3, output_type="pt",
+                              generator=torch.Generator().manual_seed(0))
+        assert ddim.shape == (2, 3, 32, 32) and float(ddim.min()) >= 0 and float(ddim.max()) <= 1
+    finally:
+        model.sampling_scheduler = None
+
+
+def test_image_generation_uses_the_context(model, processor):
+    """Different prompts give different conditions; the prompt's own <|startofimage|> is used when present."""
+    a = model.prompt_conditions(**processor(text="A photo of a red square."))
+    b = model.prompt_conditions(**processor(text="A blue circle."))
+    assert not torch.allclose(a, b)
+    with_soi = processor(text="A photo of a red square.<|startofimage|>")
+    torch.testing.assert_close(model.prompt_conditions(**with_soi), a)
+    with pytest.raises(ValueError, match="generation_mode must be"):
+        model.generate(**with_soi, generation_mode="video")
+
+
+def test_right_padded_prompts_are_refused_for_images(model, processor):
+    inputs = processor(text=["A photo of a red square.", "A"], padding_side="right")
+    with pytest.raises(ValueError, match="left-padded"):
+        model.generate(**inputs, generation_mode="image", num_inference_steps=2)
+
+
+def test_reconstruction_from_the_encoders_condition(model, processor):
+    pixels = processor(text="<image><image>", images=[picture(0), picture(1)])["pixel_values"]
+    images = model.reconstruct_images(pixels, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert len(images) == 2 and images[0].size == (32, 32)
+
+
+class ForceImageThenEnd(LogitsProcessor):
+    """Emits <|startofimage|> as the 3rd new token of the first call, then ends the document."""
+
+    def __init__(self, soi: int, eos: int, prompt_length: int) -> None:
+        self.soi, self.eos, self.prompt_length, self.calls = soi, eos, prompt_length, 0
+
+    def __call__(self, input_ids, scores):
+        new = input_ids.shape[1] - self.prompt_length
+        forced = self.soi if new == 2 else self.eos if new > 2 + 77 + 1 else None
+        if forced is not None:
+            scores = torch.full_like(scores, -float("inf"))
+            scores[:, forced] = 0
+        else:
+            scores[:, [self.soi, self.eos]] = -float("inf")
+        return scores
+
+
+def test_interleaved_generation_feeds_the_image_back(model, processor):
+    inputs = processor(text="A photo of")
+    forcing = ForceImageThenEnd(processor.image_start_token_id, processor.tokenizer.eos_token_id,
+                                inputs["input_ids"].shape[1])
+    parts = model.generate_interleaved(**inputs, max_new_tokens=12, max_images=1, num_inference_steps=2,
+                                       do_sample=False, logits_processor=LogitsProcessorList([forcing]),
+                                       generator=torch.Generator().manual_seed(0))
+    kinds = [type(p).__name__ for p in parts]
+    assert kinds == ["Tensor", "Image", "Tensor"], kinds
+    assert len(parts[0]) == 2 and isinstance(processor.tokenizer.decode(parts[2]), str)
+    with pytest.raises(ValueError, match="one document at a time"):
+        model.generate_interleaved(**processor(text=["a", "b"], padding_side="left"))
+
+
+def test_region_masks_change_the_image_tokens(model, processor):
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[10:30, 5:40] = 1
+    whole = processor(text=processor.prompt("region"), images=picture(0))
+    region = processor(text=processor.prompt("region"), images=picture(0), image_masks=[mask])
+    assert region["image_masks"].shape == (1, 64, 64)
+    a = model.get_image_features(whole["pixel_values"]).image_embeds
+    b = model.get_image_features(region["pixel_values"], region["image_masks"]).image_embeds
+    assert not torch.allclose(a, b)
+    out = model.generate(**region, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == region["input_ids"].shape[1] + 4

@@ -1,0 +1,128 @@
+"""DeemProcessor: slot expansion, one crop/flip for both views and the mask, chat template, presets, errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from processing import DeemImageProcessor, DeemProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def processor() -> DeemProcessor:
+    return DeemProcessor.from_pretrained(ROOT / "hub_configs" / "deem-tiny")
+
+
+def two_colour_image(width: int = 120, height: int = 90) -> Image.Image:
+    """Left half red, right half blue: any mirroring shows."""
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    array[:, : width // 2, 0] = 255
+    array[:, width // 2 :, 2] = 255
+    return Image.fromarray(array)
+
+
+def test_each_image_becomes_a_start_token_and_77_placeholders(processor):
+    out = processor(text=["Look: <image> and <image>.", "Only text."], images=[[two_colour_image()] * 2, []],
+                    padding_side="left")
+    ids, mask = out["input_ids"], out["attention_mask"]
+    assert int((ids[0] == processor.image_start_token_id).sum()) == 2
+    assert int((ids[0] == processor.image_token_id).sum()) == 2 * 77
+    assert int((ids[1] == processor.image_token_id).sum()) == 0
+    assert out["pixel_values"].shape == (2, 3, 64, 64)
+    assert mask[1, 0] == 0 and mask[1, -1] == 1  # left padding for generation
+    first = int(mask[0].nonzero()[0])
+    assert ids[0, first] == processor.tokenizer.bos_token_id
+    start = (ids[0] == processor.image_start_token_id).nonzero()[0, 0]
+    assert (ids[0, start + 1 : start + 78] == processor.image_token_id).all()
+
+
+def _unnormalise(view: torch.Tensor, image_processor: DeemImageProcessor) -> torch.Tensor:
+    mean = torch.tensor(image_processor.image_mean)[:, None, None]
+    std = torch.tensor(image_processor.image_std)[:, None, None]
+    return view * std + mean
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_encoder_and_decoder_views_share_crop_and_flip(processor, seed):
+    mask = np.zeros((90, 120), dtype=np.uint8)
+    mask[:, :60] = 1  # the red half
+    out = processor(text="<image>", images=two_colour_image(), image_masks=[mask], return_decoder_views=True,
+                    train=True, seed=seed)
+    encoder = _unnormalise(out["pixel_values"][0], processor.image_processor)
+    decoder = (out["decoder_pixel_values"][0] + 1) / 2
+    region = out["image_masks"][0]
+    assert out["decoder_pixel_values"].shape == (1, 3, 32, 32)
+    red_on_left = lambda v: v[0, :, : v.shape[-1] // 4].mean() > v[2, :, : v.shape[-1] // 4].mean()  # noqa: E731
+    assert red_on_left(encoder) == red_on_left(decoder)
+    mask_on_left = region[:, :16].mean() > region[:, -16:].mean()
+    assert bool(mask_on_left) == bool(red_on_left(encoder))
+
+
+def test_training_flips_sometimes(processor):
+    flips = set()
+    for seed in range(12):
+        view = processor(text="<image>", images=two_colour_image(), train=True, seed=seed)["pixel_values"][0]
+        flips.add(bool(view[0, :, :8].mean() > view[0, :, -8:].mean()))
+    assert flips == {True, False}
+
+
+def test_image_modes_are_converted(processor):
+    rgba = two_colour_image().convert("RGBA")
+    grey = two_colour_image().convert("L")
+    out = processor(text="<image><image>", images=[rgba, grey])
+    assert out["pixel_values"].shape == (2, 3, 64, 64)
+
+
+def test_slot_count_mismatch_is_refused(processor):
+    with pytest.raises(ValueError, match=r"2 image slots .* but 1 images"):
+        processor(text="<image> and <image>", images=[two_colour_image()])
+    with pytest.raises(ValueError, match=r"0 image slots .* but 1 images"):
+        processor(text="no slot", images=[two_colour_image()])
+
+
+def test_mask_size_must_match_its_image(processor):
+    with pytest.raises(ValueError, match=r"mask of image 0 has size \(10, 10\) but the image is \(90, 120\)"):
+        processor(text="<image>", images=[two_colour_image()], image_masks=[np.ones((10, 10))])
+
+
+def test_empty_batch_is_refused(processor):
+    with pytest.raises(ValueError, match="Empty batch"):
+        processor(text=[])
+
+
+def test_chat_template_and_presets(processor):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == "You are a helpful assistant.\n## USER: <image>What is it?\n## ASSISTANT:"
+    vqa = processor.prompt("vqa", question="What colour?")
+    assert "Based on the image, please answer the question. <image>What colour? Please provide an accurate " \
+           "answer within one word.\n## ASSISTANT: The answer is" in vqa
+    assert processor.prompt("pope", object="cat").endswith("Is there a cat in the image? Please answer yes or no."
+                                                           "\n## ASSISTANT:")
+    assert "Is dog the main object in this image?" in processor.prompt("robustvqa", object="dog")
+    assert processor.prompt("caption").endswith("## ASSISTANT: A photo of")
+    with pytest.raises(ValueError, match="Unknown prompt preset 'nope'"):
+        processor.prompt("nope")
+    with pytest.raises(ValueError, match="needs the field 'question'"):
+        processor.prompt("vqa")
+
+
+def test_chat_template_tokenizes_with_images(processor):
+    messages = [{"role": "user", "content": [{"type": "image", "image": two_colour_image()},
+                                             {"type": "text", "text": "What is it?"}]}]
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 64, 64)
+    assert int((out["input_ids"] == processor.image_token_id).sum()) == 77
+
+
+def test_save_and_reload(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    loaded = DeemProcessor.from_pretrained(tmp_path)
+    assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
+    assert loaded.chat_template == processor.chat_template
