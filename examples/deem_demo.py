@@ -1,5 +1,9 @@
-"""The main job on the tiny default: build DEEM from hub_configs/deem-tiny, train a few stage-I steps on
-generated data, save, reload through AutoModel with remote code, and report the three losses.
+"""The main job on the tiny default, end to end.
+
+Builds DEEM from hub_configs/deem-tiny, trains a few stage-I steps with DeemTrainer on generated coloured
+shapes, saves, reloads through `AutoModel.from_pretrained(..., trust_remote_code=True)`, answers a question
+through `pipeline("image-text-to-text")`, generates and reconstructs images, and writes `samples.png` and
+`report.json` to the output folder.
 
 Run: ./scripts/setup.sh && .venv/bin/python examples/deem_demo.py --output-dir outputs/demo
 """
@@ -13,73 +17,100 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers import AutoModel  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from transformers import AutoModel, pipeline, set_seed  # noqa: E402
 
 from modeling_deem import DeemConfig, DeemForConditionalGeneration  # noqa: E402
+from processing import DeemProcessor  # noqa: E402
+from trainers import STAGES, DeemDataCollator, DeemTrainer, make_shapes_dataset  # noqa: E402
 
 
-def shape_batch(generator: torch.Generator, config: DeemConfig) -> dict[str, torch.Tensor]:
-    """A caption-then-image document per row: coloured squares whose colour the caption names."""
-    size, decoder_size = config.vision_config.image_size, config.decoder_image_size
-    colours = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
-    which = torch.randint(0, 3, (4,), generator=generator)
-    images = torch.full((4, 3, size, size), -1.0)
-    for i, c in enumerate(which.tolist()):
-        top, left = torch.randint(0, size // 2, (2,), generator=generator).tolist()
-        images[i, :, top : top + size // 2, left : left + size // 2] = colours[c][:, None, None]
-    slot = [config.image_start_token_id] + [config.image_token_id] * config.num_image_tokens
-    rows = [[config.bos_token_id, 10 + c, 20, 21] + slot + [config.eos_token_id] for c in which.tolist()]
-    input_ids = torch.tensor(rows)
-    decoder = torch.nn.functional.interpolate(images, size=(decoder_size, decoder_size), mode="area")
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone(),
-            "pixel_values": images, "decoder_pixel_values": decoder}
+def image_grid(rows: list[tuple[str, list[Image.Image]]], cell: int = 96) -> Image.Image:
+    """Labelled rows of images, each scaled to `cell` pixels."""
+    width = max(len(images) for _, images in rows)
+    grid = Image.new("RGB", (120 + width * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, images) in enumerate(rows):
+        draw.text((4, r * cell + cell // 2 - 6), label, fill="black")
+        for c, image in enumerate(images):
+            grid.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (120 + c * cell, r * cell))
+    return grid
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="DEEM main job on the tiny default")
     parser.add_argument("--config", default=str(ROOT / "hub_configs" / "deem-tiny"))
     parser.add_argument("--output-dir", default=str(ROOT / "outputs" / "demo"))
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--inference-steps", type=int, default=25, help="diffusion sampling steps (paper: 250)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
 
-    torch.manual_seed(args.seed)
-    config = DeemConfig.from_pretrained(args.config)
-    model = DeemForConditionalGeneration(config)
-    # Stage I: the LLM, UNet and VAE are frozen; the image side and resamplers train.
-    model.language_model.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-3, betas=(0.9, 0.995), eps=1e-6, weight_decay=0.05)
-    generator = torch.Generator().manual_seed(args.seed)
-    history = []
-    model.train()
-    for _ in (bar := tqdm(range(args.steps), desc="stage-I training")):
-        output = model(**shape_batch(generator, config))
-        output.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses = {k: getattr(output, k).item() for k in ("loss", "ntp_loss", "nip_loss", "csr_loss")}
-        history.append(losses)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+    processor = DeemProcessor.from_pretrained(args.config)
+    model = DeemForConditionalGeneration(DeemConfig.from_pretrained(args.config))
+    dataset = make_shapes_dataset(num_rows=96, seed=args.seed)
+    recipe = STAGES["stage1"]
+    training_args = recipe.training_arguments(
+        str(out / "trainer"), max_steps=args.steps, warmup_steps=max(1, args.steps // 10), learning_rate=1e-3,
+        per_device_train_batch_size=4, logging_steps=5, save_strategy="no", report_to="none", use_cpu=True,
+        seed=args.seed, dataloader_num_workers=0,
+    )
+    trainer = DeemTrainer(model=model, args=training_args, train_dataset=dataset, stage=recipe,
+                          data_collator=DeemDataCollator(processor))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "ntp_loss" in entry]
 
     checkpoint = out / "checkpoint"
     model.save_pretrained(checkpoint)
-    reloaded = AutoModel.from_pretrained(checkpoint, trust_remote_code=True)
-    for key, value in model.state_dict().items():
-        if not torch.equal(value, reloaded.state_dict()[key]):
-            raise RuntimeError(f"reloaded weights differ at {key}")
-    report = {"first_step": history[0], "last_step": history[-1], "history": history,
-              "checkpoint": str(checkpoint), "reloaded_class": type(reloaded).__module__}
-    (out / "losses.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps({"first_step": history[0], "last_step": history[-1]}, indent=2))
-    print(f"checkpoint reloaded bit-exactly through AutoModel (remote code); report: {out / 'losses.json'}")
+    processor.save_pretrained(checkpoint)
+    reloaded = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    reloaded_state = reloaded.state_dict()
+    mismatched = [k for k, v in model.state_dict().items() if not torch.equal(v, reloaded_state[k])]
+    if mismatched:
+        raise RuntimeError(f"reloaded weights differ: {mismatched[:5]}")
+
+    sample = dataset[1]
+    answerer = pipeline("image-text-to-text", model=str(checkpoint), trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "image", "image": sample["images"][0]},
+                                             {"type": "text", "text": "What colour is the shape?"}]}]
+    answer = answerer(text=messages, max_new_tokens=8, return_full_text=False,
+                      generate_kwargs={"do_sample": False})[0]["generated_text"]
+
+    prompts = ["A photo of a red square.", "A photo of a blue circle."]
+    generated = reloaded.generate(**processor(text=prompts, padding_side="left"), generation_mode="image",
+                                  num_inference_steps=args.inference_steps,
+                                  generator=torch.Generator().manual_seed(args.seed), show_progress=True)
+    originals = [dataset[i]["images"][0] for i in range(4)]
+    pixels = processor(text="<image>" * len(originals), images=originals)["pixel_values"]
+    rebuilt = reloaded.reconstruct_images(pixels, num_inference_steps=args.inference_steps,
+                                          generator=torch.Generator().manual_seed(args.seed))
+    image_grid([("inputs", originals), ("reconstructed", rebuilt), ("generated", generated)]).save(
+        out / "samples.png")
+
+    report = {
+        "stage": recipe.name,
+        "steps": args.steps,
+        "losses_first_log": logged[0] if logged else None,
+        "losses_last_log": logged[-1] if logged else None,
+        "log_history": trainer.state.log_history,
+        "checkpoint": str(checkpoint),
+        "reloaded_class": f"{type(reloaded).__module__}.{type(reloaded).__name__}",
+        "pipeline_question": "What colour is the shape?",
+        "pipeline_answer": answer,
+        "image_prompts": prompts,
+        "samples": str(out / "samples.png"),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: report[k] for k in ("losses_first_log", "losses_last_log", "pipeline_answer")}, indent=2))
+    print(f"wrote {out / 'samples.png'} and {out / 'report.json'}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ class DeemPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    # The losses are per-batch means: Trainer must not pass `num_items_in_batch` into forward.
+    accepts_loss_kwargs = False
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_attention_backend = True

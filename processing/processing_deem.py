@@ -16,7 +16,7 @@ from .image_processing_deem import DeemImageProcessor  # noqa: F401  (the class 
 from .prompts_deem import CHAT_TEMPLATE, IMAGE_MARKER, SYSTEM_PROMPT, preset_prompt
 
 _TOKENIZER_KWARGS = ("padding", "truncation", "max_length", "add_special_tokens", "padding_side",
-                     "pad_to_multiple_of", "return_attention_mask")
+                     "pad_to_multiple_of", "return_attention_mask", "return_offsets_mapping")
 # Bookkeeping keys that transformers' chat-template path passes along; they do not apply to this processor.
 _IGNORED_KWARGS = ("sanitize_control_tokens", "return_mm_token_type_ids", "images_kwargs", "text_kwargs",
                    "videos_kwargs", "audio_kwargs", "common_kwargs")

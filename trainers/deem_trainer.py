@@ -1,0 +1,81 @@
+"""DeemTrainer: transformers' Trainer with DEEM's three losses logged apart and the stages' parameter groups."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from .stages import StageRecipe, apply_stage, get_stage, parameter_group
+
+LOSS_PARTS = ("ntp_loss", "nip_loss", "csr_loss")
+
+
+class DeemTrainer(Trainer):
+    """Trains `L = L_NTP + λ·L_NIP + λ·L_CSR` (the model computes it) and logs each part at every logging step,
+    in training and evaluation. With `stage=`, the stage recipe freezes parts, sets the loss weights and gives
+    each parameter group its own learning rate (frozen parameters get no optimizer state)."""
+
+    loss_is_scaled_for_ga = False  # the model returns per-batch means
+
+    def __init__(self, *args: Any, stage: str | StageRecipe | None = None, **kwargs: Any) -> None:
+        self.stage = get_stage(stage) if stage is not None else None
+        model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
+        if self.stage is not None and model is not None:
+            apply_stage(model, self.stage)
+        super().__init__(*args, **kwargs)
+        self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        outputs = model(**inputs)
+        if outputs.loss is None:
+            raise ValueError("The model returned no loss: the batch needs labels or decoder_pixel_values.")
+        mode = "train" if model.training else "eval"
+        for part in LOSS_PARTS:
+            value = getattr(outputs, part, None)
+            if value is not None:
+                self._loss_parts[mode][part].append(float(value.detach()))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        parts = self._loss_parts[mode]
+        for part, values in parts.items():
+            if values:
+                total = torch.tensor(sum(values), dtype=torch.float64)
+                count = torch.tensor(len(values), dtype=torch.float64)
+                if self.args.world_size > 1:  # average over all processes, not only the main one
+                    total, count = (self.accelerator.reduce(t.to(self.args.device), reduction="sum").cpu()
+                                    for t in (total, count))
+                logs[f"{prefix}{part}"] = round(float(total / count), 6)
+        parts.clear()
+        super().log(logs, start_time)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Per-group learning rates from the stage recipe (or one rate without a stage); decay as Trainer does."""
+        if self.optimizer is not None or self.stage is None:
+            return super().create_optimizer(model) if self.stage is None else self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
+        for name, parameter in opt_model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            lr = self.stage.learning_rates[parameter_group(name.removeprefix("base_model.model."))]
+            lr *= self.args.learning_rate / max(self.stage.learning_rates.values())
+            groups[(lr, self.args.weight_decay if name in decay else 0.0)].append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer

@@ -1,0 +1,119 @@
+"""The paper's three training stages (Table 12) as recipes: what trains, which losses, which learning rates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from transformers import TrainingArguments
+
+# Parameter groups by name prefix. "vision_trunk" is the pretrained ConvNeXt; the rest of the image side is new.
+PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
+    "vision_trunk": ("vision_tower.trunk.",),
+    "mask_extractor": ("vision_tower.mask_extractor.",),
+    "image_side": ("vision_tower.adapters.", "vision_tower.norm.", "visual_resampler.", "image_to_text.",
+                   "image_to_condition."),
+    "condition_side": ("context_proj.", "condition_resampler.", "negative_condition"),
+    "language_model": ("language_model.",),
+    "image_decoder": ("unet.", "vae."),
+}
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One stage of Table 12. `learning_rates` maps parameter groups to their rate; groups absent are frozen."""
+
+    name: str
+    learning_rates: dict[str, float]
+    nip_loss_weight: float
+    csr_loss_weight: float
+    image_size: int
+    decoder_image_size: int = 512
+    with_image_decoder: bool = True
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.05
+    warmup_steps: int = 500
+    max_steps: int = 10_000
+    per_device_train_batch_size: int = 4
+    max_length: int = 2048
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trainable_groups(self) -> tuple[str, ...]:
+        return tuple(self.learning_rates)
+
+    def training_arguments(self, output_dir: str, **overrides: Any) -> TrainingArguments:
+        """`TrainingArguments` with this stage's optimiser and schedule; any field can be overridden."""
+        values: dict[str, Any] = {
+            "output_dir": output_dir,
+            "learning_rate": max(self.learning_rates.values()),
+            "adam_beta1": self.adam_betas[0],
+            "adam_beta2": self.adam_betas[1],
+            "adam_epsilon": self.adam_epsilon,
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "max_steps": self.max_steps,
+            "lr_scheduler_type": "cosine",
+            "per_device_train_batch_size": self.per_device_train_batch_size,
+            "remove_unused_columns": False,
+            "save_safetensors": True,
+        }
+        values.update(overrides)
+        values = {k: v for k, v in values.items() if k in TrainingArguments.__dataclass_fields__}
+        return TrainingArguments(**values)
+
+
+STAGES: dict[str, StageRecipe] = {
+    "stage1": StageRecipe(
+        name="stage1",
+        learning_rates={"vision_trunk": 2e-5, "mask_extractor": 1e-4, "image_side": 1e-4, "condition_side": 1e-4},
+        nip_loss_weight=5.0, csr_loss_weight=5.0, image_size=256,
+        adam_betas=(0.9, 0.995), adam_epsilon=1e-6, warmup_steps=1000,
+    ),
+    "stage2": StageRecipe(
+        name="stage2",
+        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "condition_side": 1e-5},
+        nip_loss_weight=0.0, csr_loss_weight=5.0, image_size=448, per_device_train_batch_size=16,
+    ),
+    "stage3": StageRecipe(
+        name="stage3",
+        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "mask_extractor": 1e-5},
+        nip_loss_weight=0.0, csr_loss_weight=0.0, image_size=448, with_image_decoder=False,
+        per_device_train_batch_size=2,
+    ),
+}
+
+
+def get_stage(stage: str | StageRecipe) -> StageRecipe:
+    if isinstance(stage, StageRecipe):
+        return stage
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; choose one of {', '.join(STAGES)}.")
+    return STAGES[stage]
+
+
+def parameter_group(name: str) -> str:
+    """The group a parameter belongs to (by its name in `DeemForConditionalGeneration`)."""
+    for group, prefixes in PARAMETER_GROUPS.items():
+        if name.startswith(prefixes):
+            return group
+    raise ValueError(f"Parameter {name!r} belongs to no known group; update trainers.stages.PARAMETER_GROUPS.")
+
+
+def apply_stage(model: nn.Module, stage: str | StageRecipe) -> StageRecipe:
+    """Freeze everything the stage does not train and set its loss weights on the model config."""
+    recipe = get_stage(stage)
+    if recipe.with_image_decoder and not model.config.with_image_decoder and recipe.csr_loss_weight:
+        raise ValueError(f"{recipe.name} needs the diffusion decoder (CSR), but the model was built without it.")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(parameter_group(_strip_peft(name)) in recipe.learning_rates)
+    model.config.nip_loss_weight = recipe.nip_loss_weight
+    model.config.csr_loss_weight = recipe.csr_loss_weight
+    return recipe
+
+
+def _strip_peft(name: str) -> str:
+    """`base_model.model.language_model...` (a PEFT-wrapped DEEM) → `language_model...`."""
+    return name.removeprefix("base_model.model.")
