@@ -63,8 +63,9 @@ class DeemDataCollator:
             if is_chat:
                 expanded = texts[row].replace(self.processor.image_marker, self.processor.image_slot)
                 spans = [(m.start(1), m.end(2)) for m in ASSISTANT_SPAN.finditer(expanded)]
-                starts = offsets[row, :, 0].tolist()
-                keep = torch.tensor([any(a <= s < b for a, b in spans) for s in starts])
+                # A token is a target when its characters overlap a reply (BPE tokens may carry the space before).
+                keep = torch.tensor([e > s and any(s < b and e > a for a, b in spans)
+                                     for s, e in offsets[row].tolist()])
                 labels[row, ~keep] = -100
         batch["labels"] = labels
         return dict(batch)
