@@ -289,6 +289,28 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         )
         return outputs, image_features
 
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        **model_kwargs: Any,
+    ) -> tuple[torch.LongTensor | None, dict[str, Any]]:
+        """Beam search / several return sequences repeat each row; its images (a row may hold several) must be
+        repeated as a block with it, not one by one."""
+        per_image = {k: model_kwargs.pop(k) for k in ("pixel_values", "image_masks") if model_kwargs.get(k) is not None}
+        expanded_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if per_image and expand_size > 1 and input_ids is not None:
+            counts = ((input_ids == self.config.image_token_id).sum(1) // self.config.num_image_tokens).tolist()
+            starts = [sum(counts[:row]) for row in range(len(counts))]
+            order = [start + i for start, count in zip(starts, counts) for _ in range(expand_size) for i in range(count)]
+            index = torch.tensor(order, dtype=torch.long)
+            per_image = {k: v[index.to(v.device)] for k, v in per_image.items()}
+        model_kwargs.update(per_image)
+        return expanded_ids, model_kwargs
+
     # ------------------------------------------------------------------------------------ diffusion losses
     def _diffusion_losses(
         self,

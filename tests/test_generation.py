@@ -148,3 +148,16 @@ def test_region_masks_change_the_image_tokens(model, processor):
     assert not torch.allclose(a, b)
     out = model.generate(**region, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == region["input_ids"].shape[1] + 4
+
+
+def test_beam_search_keeps_each_rows_images_together(model, processor):
+    """Row 0 holds two different images: beams must repeat them as a block (batched == one at a time)."""
+    prompts = ["<image> then <image> A photo of", "<image> A photo of"]
+    images = [[picture(0), picture(5)], [picture(1)]]
+    batch = processor(text=prompts, images=images, padding_side="left")
+    together = processor.decode_new_tokens(
+        model.generate(**batch, max_new_tokens=4, num_beams=2, do_sample=False), batch["input_ids"].shape[1])
+    for prompt, row_images, expected in zip(prompts, images, together):
+        single = processor(text=prompt, images=row_images)
+        alone = model.generate(**single, max_new_tokens=4, num_beams=2, do_sample=False)
+        assert processor.decode_new_tokens(alone, single["input_ids"].shape[1]) == [expected]
