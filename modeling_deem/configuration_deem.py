@@ -13,10 +13,11 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 # Paper sizes (DEEM, Vicuna-7B v1.5 + CLIP-ConvNeXt-B + SD 2.1 base). Vicuna's 32000 tokens plus
-# `<|startofimage|>` (32000) and the image placeholder `<|sniffer|>` (32001).
+# `<|startofimage|>` (32000), the image placeholder `<|sniffer|>` (32001) and a padding token of its own (32002),
+# as `DeemProcessor.from_base_tokenizer` adds them.
 VICUNA_7B_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "llama",
-    "vocab_size": 32002,
+    "vocab_size": 32003,
     "hidden_size": 4096,
     "intermediate_size": 11008,
     "num_hidden_layers": 32,
@@ -26,7 +27,7 @@ VICUNA_7B_TEXT_CONFIG: dict[str, Any] = {
     "rms_norm_eps": 1e-5,
     "bos_token_id": 1,
     "eos_token_id": 2,
-    "pad_token_id": 0,
+    "pad_token_id": 32002,
     "tie_word_embeddings": False,
 }
 

@@ -6,9 +6,13 @@ Exported as remote code: flat, sibling imports only.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
+from tokenizers import AddedToken
+from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -46,6 +50,36 @@ class DeemProcessor(ProcessorMixin):
                 raise ValueError(f"The tokenizer has no {token!r} token; add it as a special token first.")
         self.image_start_token_id = vocab[image_start_token]
         self.image_token_id = vocab[image_placeholder_token]
+
+    @classmethod
+    def from_base_tokenizer(
+        cls, tokenizer: Any, image_processor: DeemImageProcessor | None = None, **kwargs: Any
+    ) -> DeemProcessor:
+        """A processor around a plain LLM tokenizer (a hub id, a folder or an instance): appends
+        `<|startofimage|>`, `<|sniffer|>` and, if the tokenizer has none, a `<pad>` of its own, in that order
+        (for Vicuna: ids 32000, 32001, 32002, as `DeemConfig()` expects)."""
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        start = kwargs.get("image_start_token", "<|startofimage|>")
+        placeholder = kwargs.get("image_placeholder_token", "<|sniffer|>")
+        new = [t for t in (start, placeholder) if t not in tokenizer.get_vocab()]
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        return cls(image_processor or DeemImageProcessor(), tokenizer, **kwargs)
+
+    @classmethod
+    def from_hub_config(cls, folder: str | os.PathLike, tokenizer: Any = None) -> DeemProcessor:
+        """A processor from a `hub_configs/` folder whose `processor_config.json` names a `base_tokenizer`
+        (e.g. deem-7b: Vicuna-7B v1.5); `tokenizer` overrides that name (a local copy, say)."""
+        with open(os.path.join(folder, "processor_config.json")) as handle:
+            config = json.load(handle)
+        image_processor = DeemImageProcessor(**{k: v for k, v in config.pop("image_processor", {}).items()
+                                                if k != "image_processor_type"})
+        base = tokenizer if tokenizer is not None else config.pop("base_tokenizer")
+        config.pop("base_tokenizer", None)
+        config.pop("processor_class", None)
+        return cls.from_base_tokenizer(base, image_processor=image_processor, **config)
 
     @property
     def image_slot(self) -> str:

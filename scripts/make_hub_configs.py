@@ -5,6 +5,7 @@ Run: .venv/bin/python scripts/make_hub_configs.py  (the output is committed; a t
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def main() -> None:
         # Only the JSON: the code travels with saved checkpoints (save_pretrained copies it there).
         hub_config(name).to_json_file(folder / "config.json")
         print(f"wrote hub_configs/{name}/config.json")
+    # deem-7b's processor: the paper's image sizes and a pointer to Vicuna's tokenizer
+    # (load with `DeemProcessor.from_hub_config("hub_configs/deem-7b")`).
+    processor = {
+        "processor_class": "DeemProcessor",
+        "base_tokenizer": "lmsys/vicuna-7b-v1.5",
+        "num_image_tokens": 77,
+        "image_processor": {"image_processor_type": "DeemImageProcessor", "size": 256, "decoder_size": 512},
+    }
+    (ROOT / "hub_configs" / "deem-7b" / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    print("wrote hub_configs/deem-7b/processor_config.json")
 
 
 if __name__ == "__main__":

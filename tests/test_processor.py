@@ -126,3 +126,29 @@ def test_save_and_reload(processor, tmp_path):
     assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
     assert loaded.chat_template == processor.chat_template
+
+
+def test_deem_7b_processor_points_at_vicuna_and_extends_its_tokenizer(tmp_path):
+    """The 7B processor config names Vicuna's tokenizer; a local stand-in gets the same three new ids."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_deem import DeemConfig
+
+    config = json.loads((ROOT / "hub_configs" / "deem-7b" / "processor_config.json").read_text())
+    assert config["base_tokenizer"] == "lmsys/vicuna-7b-v1.5"
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(31997)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    stand_in = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                       unk_token="<unk>")
+    stand_in.save_pretrained(tmp_path / "vicuna-like")
+    processor = DeemProcessor.from_hub_config(ROOT / "hub_configs" / "deem-7b", tokenizer=tmp_path / "vicuna-like")
+    big = DeemConfig()
+    assert (processor.image_start_token_id, processor.image_token_id) == (big.image_start_token_id,
+                                                                          big.image_token_id)
+    assert processor.tokenizer.pad_token_id == big.pad_token_id == 32002
+    assert len(processor.tokenizer) == big.text_config.vocab_size
+    assert processor.image_processor.size == 256 and processor.image_processor.decoder_size == 512
