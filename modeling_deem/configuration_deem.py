@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import Blip2QFormerConfig, PretrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 # Paper sizes (DEEM, Vicuna-7B v1.5 + CLIP-ConvNeXt-B + SD 2.1 base). Vicuna's 32000 tokens plus

@@ -19,8 +19,8 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
-from .image_generation_deem import DeemImageGenerationMixin
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
+from .image_generation_deem import DeemImageGenerationMixin
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler
 from .vision_deem import DeemVisionTower
