@@ -10,7 +10,8 @@ PROMPT_PRESETS: dict[str, tuple[str, str]] = {
     "vqa": ("Based on the image, please answer the question. <image>{question} "
             "Please provide an accurate answer within one word.", "The answer is"),
     "caption": ("<image> Could you provide a short description of the image?", "A photo of"),
-    "region": ("<image> Provide a short description for this <ref>region1</ref>", ""),
+    # The region is a second slot of the same image, carrying the region mask (the paper's `{mask}`).
+    "region": ("<image> Provide a short description for this <ref>region1</ref> <image>", ""),
     "pope": ("<image> Is there a {object} in the image? Please answer yes or no.", ""),
     "robustvqa": ("<image> Is {object} the main object in this image? Please answer yes or no.", ""),
 }

@@ -140,12 +140,13 @@ def test_interleaved_generation_feeds_the_image_back(model, processor):
 def test_region_masks_change_the_image_tokens(model, processor):
     mask = np.zeros((48, 64), dtype=np.uint8)
     mask[10:30, 5:40] = 1
-    whole = processor(text=processor.prompt("region"), images=picture(0))
-    region = processor(text=processor.prompt("region"), images=picture(0), image_masks=[mask])
-    assert region["image_masks"].shape == (1, 64, 64)
+    whole = processor(text=processor.prompt("region"), images=[picture(0), picture(0)])
+    region = processor(text=processor.prompt("region"), images=[picture(0), picture(0)], image_masks=[None, mask])
+    assert region["image_masks"].shape == (2, 64, 64) and bool(region["image_masks"][0].all())
     a = model.get_image_features(whole["pixel_values"]).image_embeds
     b = model.get_image_features(region["pixel_values"], region["image_masks"]).image_embeds
-    assert not torch.allclose(a, b)
+    torch.testing.assert_close(a[0], b[0])  # the whole-image slot is unchanged
+    assert not torch.allclose(a[1], b[1])  # the region slot sees only the region
     out = model.generate(**region, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == region["input_ids"].shape[1] + 4
 

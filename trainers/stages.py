@@ -58,7 +58,9 @@ class StageRecipe:
             "lr_scheduler_type": "cosine",
             "per_device_train_batch_size": self.per_device_train_batch_size,
             "remove_unused_columns": False,
-            "save_safetensors": True,
+            # Batches hold per-image tensors whose first dimension is not the batch size; accelerate's dispatcher
+            # (used for iterable datasets) would slice them as if it were, so each process loads its own batches.
+            "accelerator_config": {"dispatch_batches": False},
         }
         values.update(overrides)
         values = {k: v for k, v in values.items() if k in TrainingArguments.__dataclass_fields__}
