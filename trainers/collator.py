@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +19,25 @@ class DeemDataCollator:
 
     A row has `text` (with `<image>` markers; every token is a target) or `messages` (a chat; only the
     assistant replies are targets), and optionally `images` and `masks` (one per image, or None).
-    Random crops/flips draw their seed from torch's RNG, so a seeded (or resumed) Trainer repeats them.
+    Random crops/flips are seeded from the batch's own content, `seed` and `epoch` (DeemTrainer keeps `epoch`
+    current), never from the global RNG: a resumed run sees the same crops, and the global RNG (diffusion noise,
+    timesteps, condition dropout) stays exactly where the checkpoint left it.
     """
 
     processor: Any
     decoder_views: bool = True
     train_augment: bool = True
     max_length: int | None = None
+    seed: int = 0
+    epoch: int = 0
+
+    def augmentation_seed(self, texts: list[str], images: list[Any]) -> int:
+        digest = hashlib.sha256(f"{self.seed}:{self.epoch}".encode())
+        for text in texts:
+            digest.update(text.encode())
+        for image in images:
+            digest.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+        return int.from_bytes(digest.digest()[:4], "little")
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -46,7 +59,7 @@ class DeemDataCollator:
             images.extend(row_images)
             masks.extend(None if m is None else np.asarray(m) for m in row_masks)
         has_masks = any(m is not None for m in masks)
-        seed = int(torch.randint(0, 2**31 - 1, (1,))) if self.train_augment else None
+        seed = self.augmentation_seed(texts, images) if self.train_augment else None
         tokenizer_kwargs = {"padding": True, "padding_side": "right"}
         if self.max_length is not None:
             tokenizer_kwargs.update(truncation=True, max_length=self.max_length)

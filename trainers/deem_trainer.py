@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .stages import StageRecipe, apply_stage, get_stage, parameter_group
 
@@ -27,6 +27,7 @@ class DeemTrainer(Trainer):
         if self.stage is not None and model is not None:
             apply_stage(model, self.stage)
         super().__init__(*args, **kwargs)
+        self.add_callback(_CollatorEpoch(self.data_collator))
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(
@@ -79,3 +80,14 @@ class DeemTrainer(Trainer):
         param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+class _CollatorEpoch(TrainerCallback):
+    """Tells the collator the epoch (restored on resume), so augmentation differs per epoch yet repeats exactly."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = getattr(collator, "collator", collator)  # a packing collator wraps the real one
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if hasattr(self.collator, "epoch"):
+            self.collator.epoch = int(state.epoch or 0)

@@ -105,12 +105,19 @@ def parameter_group(name: str) -> str:
 
 
 def apply_stage(model: nn.Module, stage: str | StageRecipe) -> StageRecipe:
-    """Freeze everything the stage does not train and set its loss weights on the model config."""
+    """Freeze everything the stage does not train and set its loss weights on the model config.
+
+    On a PEFT-wrapped model, the language model trains through its LoRA adapters only."""
     recipe = get_stage(stage)
     if recipe.with_image_decoder and not model.config.with_image_decoder and recipe.csr_loss_weight:
         raise ValueError(f"{recipe.name} needs the diffusion decoder (CSR), but the model was built without it.")
+    with_lora = hasattr(model, "peft_config")
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(parameter_group(_strip_peft(name)) in recipe.learning_rates)
+        group = parameter_group(_strip_peft(name))
+        trainable = group in recipe.learning_rates
+        if with_lora and group == "language_model":
+            trainable = trainable and "lora_" in name  # LoRA trains the adapters, never the LLM's own weights
+        parameter.requires_grad_(trainable)
     model.config.nip_loss_weight = recipe.nip_loss_weight
     model.config.csr_loss_weight = recipe.csr_loss_weight
     return recipe

@@ -1,0 +1,121 @@
+"""The training script: stage defaults with command-line overrides, kill-and-resume, two CPU processes, LoRA."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "hub_configs" / "deem-tiny")
+BASE = ["--config_name", TINY, "--dataset", "shapes", "--max_train_samples", "32", "--use_cpu",
+        "--report_to", "none", "--logging_steps", "1", "--warmup_steps", "0", "--learning_rate", "1e-3",
+        "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0"]
+
+
+def script(output_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "trainers.train_deem", "--output_dir", str(output_dir), *BASE, *extra]
+
+
+def run(command: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def losses(state_file: Path) -> dict[int, tuple[float, ...]]:
+    history = json.loads(state_file.read_text())["log_history"]
+    parts = ("loss", "ntp_loss", "nip_loss", "csr_loss")
+    return {e["step"]: tuple(e.get(p) for p in parts) for e in history if "csr_loss" in e}
+
+
+def test_stage_recipe_fills_what_the_command_line_leaves(tmp_path):
+    from trainers.train_deem import main
+
+    trainer = main(["--output_dir", str(tmp_path), "--stage", "stage1", *BASE, "--max_steps", "1",
+                    "--save_strategy", "no"])
+    args = trainer.args
+    assert (args.adam_beta2, args.adam_epsilon, args.weight_decay) == (0.995, 1e-6, 0.05)  # stage I recipe
+    assert args.learning_rate == 1e-3 and args.per_device_train_batch_size == 2  # given on the command line
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "processor_config.json").exists()
+
+
+def test_killed_training_resumes_to_the_same_result(tmp_path):
+    steps = ["--max_steps", "12", "--save_steps", "2", "--seed", "7"]
+    run(script(tmp_path / "straight", *steps))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(script(interrupted, *steps), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (interrupted / "checkpoint-6").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert killed, "training finished before it could be killed"
+    assert not (interrupted / "model.safetensors").exists()
+
+    run(script(interrupted, *steps, "--resume_from_checkpoint", str(interrupted / "checkpoint-4")))
+    straight_losses = losses(tmp_path / "straight" / "checkpoint-12" / "trainer_state.json")
+    resumed_losses = losses(interrupted / "checkpoint-12" / "trainer_state.json")
+    assert sorted(resumed_losses) == list(range(1, 13))
+    assert resumed_losses == straight_losses
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(interrupted / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_with_accelerate_launch(tmp_path):
+    launcher = Path(sys.executable).parent / "accelerate"
+    run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+         "-m", "trainers.train_deem", "--output_dir", str(tmp_path), *BASE, "--max_steps", "2",
+         "--save_strategy", "no"])
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"] if (
+        tmp_path / "trainer_state.json").exists() else None
+    final = torch.load(tmp_path / "training_args.bin", weights_only=False)
+    assert final.world_size == 2
+    assert (tmp_path / "model.safetensors").exists()
+    assert history is None or history
+
+
+@pytest.mark.parametrize("stage", ["stage2"])
+def test_lora_on_the_language_model_saves_and_reloads(tmp_path, stage):
+    from peft import PeftModel
+
+    from modeling_deem import DeemForConditionalGeneration
+    from trainers.train_deem import main
+
+    base_dir = tmp_path / "base"
+    main(["--output_dir", str(base_dir), "--stage", "stage1", *BASE, "--max_steps", "1", "--save_strategy", "no"])
+    lora_dir = tmp_path / "lora"
+    trainer = main(["--output_dir", str(lora_dir), "--stage", stage, "--model_name_or_path", str(base_dir),
+                    *[a for a in BASE if a != TINY and a != "--config_name"], "--max_steps", "2",
+                    "--save_strategy", "no", "--lora_r", "4"])
+    trained = trainer.model
+    names = [n for n, p in trained.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or not n.startswith("base_model.model.language_model.") for n in names)
+    assert (lora_dir / "adapter_model.safetensors").exists()
+    assert not (lora_dir / "model.safetensors").exists()
+
+    base = DeemForConditionalGeneration.from_pretrained(base_dir)
+    reloaded = PeftModel.from_pretrained(base, lora_dir).eval()
+    trained.eval()
+    ids = torch.tensor([[1, 30, 31, 32, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits)
