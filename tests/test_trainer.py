@@ -131,3 +131,27 @@ def test_trainer_checkpoint_loads_with_from_pretrained(processor, shapes, tmp_pa
     loaded = DeemForConditionalGeneration.from_pretrained(checkpoint)
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_trl_sft_trainer_keeps_the_csr_term(processor, shapes, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from trainers import DeemSFTTrainer
+
+    rows = Dataset.from_dict({
+        "messages": [[{"role": "user", "content": "<image> What colour is the shape?"},
+                      {"role": "assistant", "content": f"{colour}."}] for colour in shapes["colour"][:8]],
+        "images": shapes["images"][:8],
+    })
+    model = fresh_model()
+    before = snapshot(model)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, use_cpu=True,
+                     report_to="none", logging_steps=1, save_strategy="no", learning_rate=1e-4,
+                     gradient_checkpointing=False)
+    trainer = DeemSFTTrainer(model=model, args=args, processing_class=processor, train_dataset=rows, stage="stage2")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "ntp_loss" in entry]
+    assert len(logs) == 3 and all("csr_loss" in entry and "nip_loss" not in entry for entry in logs)
+    changed = changed_groups(before, snapshot(model))
+    assert "language_model" in changed and changed <= {"language_model", "image_side", "condition_side"}

@@ -7,3 +7,12 @@ from .synthetic_data import make_shapes_dataset
 
 __all__ = ["STAGES", "DeemDataCollator", "DeemTrainer", "StageRecipe", "apply_stage", "get_stage",
            "make_shapes_dataset"]
+
+
+def __getattr__(name: str):
+    """`DeemSFTTrainer` imports TRL, so it loads on first use."""
+    if name == "DeemSFTTrainer":
+        from .sft_trainer import DeemSFTTrainer
+
+        return DeemSFTTrainer
+    raise AttributeError(name)

@@ -14,10 +14,11 @@ from .stages import StageRecipe, apply_stage, get_stage, parameter_group
 LOSS_PARTS = ("ntp_loss", "nip_loss", "csr_loss")
 
 
-class DeemTrainer(Trainer):
-    """Trains `L = L_NTP + λ·L_NIP + λ·L_CSR` (the model computes it) and logs each part at every logging step,
-    in training and evaluation. With `stage=`, the stage recipe freezes parts, sets the loss weights and gives
-    each parameter group its own learning rate (frozen parameters get no optimizer state)."""
+class DeemLossMixin:
+    """What DEEM adds to a transformers `Trainer` (or a subclass such as TRL's `SFTTrainer`): the model's own
+    `L = L_NTP + λ·L_NIP + λ·L_CSR`, each part logged at every logging step in training and evaluation, and the
+    stage recipe's frozen parts, loss weights and per-group learning rates (frozen parameters get no optimizer
+    state). A `learning_rate` given in the arguments scales all of the recipe's rates by the same factor."""
 
     loss_is_scaled_for_ga = False  # the model returns per-batch means
 
@@ -80,6 +81,10 @@ class DeemTrainer(Trainer):
         param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+class DeemTrainer(DeemLossMixin, Trainer):
+    """`transformers.Trainer` for DEEM; see `DeemLossMixin` for what it adds."""
 
 
 class _CollatorEpoch(TrainerCallback):
