@@ -60,7 +60,7 @@ def main() -> None:
     recipe = STAGES["stage1"]
     training_args = recipe.training_arguments(
         str(out / "trainer"), max_steps=args.steps, warmup_steps=max(1, args.steps // 10), learning_rate=1e-3,
-        per_device_train_batch_size=4, logging_steps=5, save_strategy="no", report_to="none", use_cpu=True,
+        per_device_train_batch_size=4, logging_steps=min(5, args.steps), save_strategy="no", report_to="none", use_cpu=True,
         seed=args.seed, dataloader_num_workers=0,
     )
     trainer = DeemTrainer(model=model, args=training_args, train_dataset=dataset, stage=recipe,

@@ -152,3 +152,10 @@ def test_deem_7b_processor_points_at_vicuna_and_extends_its_tokenizer(tmp_path):
     assert processor.tokenizer.pad_token_id == big.pad_token_id == 32002
     assert len(processor.tokenizer) == big.text_config.vocab_size
     assert processor.image_processor.size == 256 and processor.image_processor.decoder_size == 512
+
+
+def test_pil_masks_are_accepted(processor):
+    mask = Image.new("L", (120, 90), 0)
+    mask.paste(255, (0, 0, 60, 90))
+    out = processor(text="<image>", images=two_colour_image(), image_masks=[mask])
+    assert out["image_masks"][0, :, :16].mean() > 0.9 and out["image_masks"][0, :, -16:].mean() < 0.1

@@ -119,3 +119,30 @@ def test_lora_on_the_language_model_saves_and_reloads(tmp_path, stage):
     ids = torch.tensor([[1, 30, 31, 32, 2]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
+def test_llava_jsonl_with_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from trainers.train_deem import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = []
+    for index, colour in enumerate(["red", "green", "blue", "red"]):
+        Image.new("RGB", (48, 40), {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}[colour]).save(
+            images / f"{index}.png")
+        lines.append(json.dumps({"image": f"{index}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": colour}]}))
+    (tmp_path / "llava.jsonl").write_text("\n".join(lines))
+    trainer = main(["--output_dir", str(tmp_path / "out"), "--stage", "stage2", "--config_name", TINY,
+                    "--dataset", str(tmp_path / "llava.jsonl"), "--data_format", "llava", "--image_root",
+                    str(images), "--use_cpu", "--report_to", "none", "--max_steps", "2", "--logging_steps", "1",
+                    "--per_device_train_batch_size", "2", "--save_strategy", "no", "--image_size", "stage"])
+    assert trainer.data_collator.processor.image_processor.size == 448
+    logs = [entry for entry in trainer.state.log_history if "ntp_loss" in entry]
+    assert len(logs) == 2 and all("csr_loss" in entry for entry in logs)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["--output_dir", str(tmp_path / "bad"), "--stage", "stage2", "--config_name", TINY,
+              "--dataset", str(tmp_path / "llava.jsonl"), "--data_format", "llava", "--use_cpu",
+              "--report_to", "none", "--max_steps", "1", "--save_strategy", "no"])

@@ -53,7 +53,8 @@ class DataArguments:
     streaming: bool = field(default=False)
     packing_max_length: int | None = field(default=None, metadata={"help": "Pack samples up to this many tokens."})
     max_train_samples: int | None = field(default=None)
-    image_size: int | None = field(default=None, metadata={"help": "Encoder input size (stage recipes: 256/448)."})
+    image_size: str = field(default="processor", metadata={
+        "help": "Encoder input size: 'processor' (the processor's own), 'stage' (the recipe's 256/448) or pixels."})
 
 
 @dataclass
@@ -151,8 +152,9 @@ def main(argv: list[str] | None = None) -> DeemTrainer:
     model = build_model(model_args, stage_args.stage)
     processor = DeemProcessor.from_pretrained(
         model_args.processor_name_or_path or model_args.model_name_or_path or model_args.config_name)
-    if data_args.image_size is not None:
-        processor.image_processor.size = data_args.image_size
+    if data_args.image_size != "processor":
+        processor.image_processor.size = recipe.image_size if data_args.image_size == "stage" else int(
+            data_args.image_size)
     collator = DeemDataCollator(processor, decoder_views=recipe.with_image_decoder, seed=training_args.seed)
     if data_args.packing_max_length:
         collator = DeemPackingCollator(collator, max_length=data_args.packing_max_length)

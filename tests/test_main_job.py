@@ -1,0 +1,27 @@
+"""The README's main job runs end to end (with fewer steps) and writes its outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_writes_grid_and_report(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "deem_demo.py"), "--output-dir", str(tmp_path / "demo"),
+         "--steps", "4", "--inference-steps", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["reloaded_class"].endswith("DeemForConditionalGeneration")
+    assert isinstance(report["pipeline_answer"], str)
+    assert {"ntp_loss", "nip_loss", "csr_loss"} <= set(report["losses_last_log"])
+    grid = Image.open(tmp_path / "demo" / "samples.png")
+    assert grid.size[1] == 3 * 96
