@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .configuration_deem import DeemConfig
+from .configuration_deem import SD21_DDPM_SCHEDULER_CONFIG, DeemConfig
 
 # Token ids of the project's tiny tokenizer (hub_configs/deem-tiny): specials first, then a small BPE vocabulary.
 TINY_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|startofimage|>", "<|sniffer|>"]
@@ -82,15 +82,7 @@ def tiny_config_dict() -> dict[str, Any]:
             "sample_size": 32,
             "scaling_factor": 0.18215,
         },
-        "scheduler_config": {
-            "num_train_timesteps": 1000,
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "clip_sample": False,
-            "prediction_type": "epsilon",
-            "steps_offset": 1,
-        },
+        "scheduler_config": dict(SD21_DDPM_SCHEDULER_CONFIG),  # the real noise schedule: CSR draws t in [200, 800)
         "image_start_token_id": 4,
         "image_token_id": 5,
         "decoder_image_size": 32,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,8 +15,11 @@ import torch  # noqa: E402
 
 from modeling_deem import DeemForConditionalGeneration  # noqa: E402
 from modeling_deem.tiny import tiny_config  # noqa: E402
+from processing import DeemProcessor  # noqa: E402
 
 BOS, EOS, PAD, SOI, IMG = 1, 2, 3, 4, 5
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "hub_configs" / "deem-tiny"
 NUM_IMAGE_TOKENS = 77
 
 
@@ -59,3 +63,9 @@ def interleaved_batch() -> dict[str, torch.Tensor]:
         [BOS, 20, 21, 22, 23] + image_slot() + [24, EOS],
     ]
     return make_batch(rows)
+
+
+@pytest.fixture(scope="session")
+def processor() -> DeemProcessor:
+    """The tiny processor shipped in hub_configs/deem-tiny."""
+    return DeemProcessor.from_pretrained(TINY)

@@ -1,15 +1,14 @@
 """Row builders for the paper's data kinds, mask decoding, packing without cross-sample attention, streaming."""
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from modeling_deem import DeemConfig, DeemForConditionalGeneration
-from processing import DeemProcessor
 from trainers import STAGES, DeemDataCollator, DeemTrainer, make_shapes_dataset
 from trainers.data_builders import (
     decode_mask,
@@ -19,14 +18,6 @@ from trainers.data_builders import (
     region_instruction_row,
 )
 from trainers.packing import DeemPackingCollator
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "hub_configs" / "deem-tiny"
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return DeemProcessor.from_pretrained(TINY)
 
 
 def image(value: int) -> Image.Image:

@@ -1,24 +1,15 @@
 """Text, image, reconstruction, interleaved and region generation on the tiny model."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from diffusers import DDIMScheduler
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from modeling_deem import DeemConfig, DeemForConditionalGeneration
-from processing import DeemProcessor
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "hub_configs" / "deem-tiny"
-
-
-@pytest.fixture(scope="module")
-def processor() -> DeemProcessor:
-    return DeemProcessor.from_pretrained(TINY)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,6 @@ from processing import DeemImageProcessor, DeemProcessor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def processor() -> DeemProcessor:
-    return DeemProcessor.from_pretrained(ROOT / "hub_configs" / "deem-tiny")
-
 
 def two_colour_image(width: int = 120, height: int = 90) -> Image.Image:
     """Left half red, right half blue: any mirroring shows."""

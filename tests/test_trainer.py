@@ -1,22 +1,13 @@
 """DeemTrainer: logged loss parts, stage recipes (what trains, learning rates), checkpoints, the collator."""
 
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from modeling_deem import DeemConfig, DeemForConditionalGeneration
-from processing import DeemProcessor
 from trainers import STAGES, DeemDataCollator, DeemTrainer, apply_stage, make_shapes_dataset
 from trainers.stages import parameter_group
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "hub_configs" / "deem-tiny"
-
-
-@pytest.fixture(scope="module")
-def processor() -> DeemProcessor:
-    return DeemProcessor.from_pretrained(TINY)
 
 
 @pytest.fixture(scope="module")
