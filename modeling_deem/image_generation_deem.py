@@ -176,8 +176,9 @@ class DeemImageGenerationMixin:
         budget, images_made = max_new_tokens, 0
         while budget > 0:
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            generated = super().generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values,
-                                         max_new_tokens=budget, eos_token_id=stops, **text_kwargs)
+            images = {"pixel_values": pixel_values} if pixel_values is not None else {}
+            generated = super().generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=budget,
+                                         eos_token_id=stops, **images, **text_kwargs)
             new = generated[0, input_ids.shape[1]:]
             budget -= len(new)
             ends_with_image = len(new) > 0 and int(new[-1]) == soi

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
@@ -27,18 +28,22 @@ from .vision_deem import DeemVisionTower
 
 
 @dataclass
-class DeemImageFeatures(ModelOutput):
-    """What the image side makes of each image.
+class DeemImageFeatures(BaseModelOutputWithPooling):
+    """What the image side makes of each image, in transformers' layout so that `generate` can encode images once
+    before the first step and repeat them for beams.
 
-    image_embeds: `(num_images, num_image_tokens, text_hidden)`, the tokens the LLM reads (e_n).
+    last_hidden_state: `(num_images, num_image_tokens, resampler_hidden)`, the resampler output both heads read.
+    pooler_output: `(num_images, num_image_tokens, text_hidden)`, the tokens the LLM reads (e_n); also
+        `image_embeds`.
     condition_embeds: `(num_images, num_image_tokens, cross_attention_dim)`, the CSR condition for the UNet
         (None when the model has no image decoder).
-    resampled: `(num_images, num_image_tokens, resampler_hidden)`, the resampler output both heads read.
     """
 
-    image_embeds: torch.FloatTensor | None = None
     condition_embeds: torch.FloatTensor | None = None
-    resampled: torch.FloatTensor | None = None
+
+    @property
+    def image_embeds(self) -> torch.FloatTensor:
+        return self.pooler_output
 
 
 @dataclass
@@ -156,15 +161,17 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
 
     # ------------------------------------------------------------------------------------------ image side
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, image_masks: torch.Tensor | None = None
+        self, pixel_values: torch.FloatTensor, image_masks: torch.Tensor | None = None, **kwargs: Any
     ) -> DeemImageFeatures:
-        """Images `(N, 3, H, W)` (+ optional region masks `(N, H, W)`) → 77 tokens each for the LLM and CSR."""
+        """Images `(N, 3, H, W)` (+ optional region masks `(N, H, W)`) → 77 tokens each for the LLM and CSR.
+
+        Always returns a `DeemImageFeatures` (`return_dict` and other generate bookkeeping are ignored)."""
         tokens = self.vision_tower(pixel_values, image_masks)
         resampled = self.visual_resampler(tokens)
         return DeemImageFeatures(
-            image_embeds=self.image_to_text(resampled),
+            last_hidden_state=resampled,
+            pooler_output=self.image_to_text(resampled),
             condition_embeds=self.image_to_condition(resampled) if self.config.with_image_decoder else None,
-            resampled=resampled,
         )
 
     def get_placeholder_mask(
@@ -203,6 +210,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: DeemImageFeatures | dict[str, DeemImageFeatures] | None = None,
         **kwargs: Any,
     ) -> DeemCausalLMOutputWithPast:
         """Text + images in; logits and the three losses out.
@@ -212,13 +220,16 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         decoder_pixel_values: decoder views `(num_images, 3, 512, 512)` in [-1, 1] of the same images; when given
             (training), NIP and CSR are computed, with each image encoded by the VAE once for both.
         labels: next-token targets; image placeholder positions are never targets.
+        mm_encoder_outputs: precomputed `get_image_features` output (or transformers' `{"image": ...}`), used
+            instead of `pixel_values`: `generate` encodes the images once this way, and an image asked several
+            questions can be encoded once by the caller.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         kwargs.pop("return_dict", None)  # always a DeemCausalLMOutputWithPast
         outputs, image_features = self._run_language_model(
             input_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
-            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -263,15 +274,19 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        mm_encoder_outputs: DeemImageFeatures | dict[str, DeemImageFeatures] | None = None,
         **kwargs: Any,
     ) -> tuple[Any, DeemImageFeatures | None]:
         """Splice the image tokens into the text embeddings and run the LLM's decoder (no LM head)."""
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = None
-        if pixel_values is not None:
+        if isinstance(mm_encoder_outputs, dict) and not isinstance(mm_encoder_outputs, ModelOutput):
+            mm_encoder_outputs = mm_encoder_outputs.get("image")
+        image_features = mm_encoder_outputs
+        if image_features is None and pixel_values is not None:
             image_features = self.get_image_features(pixel_values, image_masks)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, pixel_values.shape[0])
+        if image_features is not None:
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features.image_embeds.shape[0])
             image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
         elif input_ids is not None and _is_prefill(past_key_values):
@@ -288,28 +303,6 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             **kwargs,
         )
         return outputs, image_features
-
-    def _expand_inputs_for_generation(
-        self,
-        expand_size: int = 1,
-        is_encoder_decoder: bool = False,
-        input_ids: torch.LongTensor | None = None,
-        **model_kwargs: Any,
-    ) -> tuple[torch.LongTensor | None, dict[str, Any]]:
-        """Beam search / several return sequences repeat each row; its images (a row may hold several) must be
-        repeated as a block with it, not one by one."""
-        per_image = {k: model_kwargs.pop(k) for k in ("pixel_values", "image_masks") if model_kwargs.get(k) is not None}
-        expanded_ids, model_kwargs = super()._expand_inputs_for_generation(
-            expand_size, is_encoder_decoder, input_ids, **model_kwargs
-        )
-        if per_image and expand_size > 1 and input_ids is not None:
-            counts = ((input_ids == self.config.image_token_id).sum(1) // self.config.num_image_tokens).tolist()
-            starts = [sum(counts[:row]) for row in range(len(counts))]
-            order = [start + i for start, count in zip(starts, counts) for _ in range(expand_size) for i in range(count)]
-            index = torch.tensor(order, dtype=torch.long)
-            per_image = {k: v[index.to(v.device)] for k, v in per_image.items()}
-        model_kwargs.update(per_image)
-        return expanded_ids, model_kwargs
 
     # ------------------------------------------------------------------------------------ diffusion losses
     def _diffusion_losses(

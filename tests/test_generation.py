@@ -154,13 +154,3 @@ def test_beam_search_keeps_each_rows_images_together(model, processor):
         alone = model.generate(**single, max_new_tokens=4, num_beams=2, do_sample=False)
         assert processor.decode_new_tokens(alone, single["input_ids"].shape[1]) == [expected]
 
-
-def test_expansion_repeats_image_blocks_per_row(model, processor):
-    batch = processor(text=["<image> then <image>", "<image>"], images=[[picture(0), picture(5)], [picture(1)]],
-                      padding_side="left")
-    pixels = batch["pixel_values"]
-    ids, kwargs = model._expand_inputs_for_generation(expand_size=2, input_ids=batch["input_ids"],
-                                                      pixel_values=pixels, attention_mask=batch["attention_mask"])
-    assert ids.shape[0] == 4 and kwargs["attention_mask"].shape[0] == 4
-    expected = pixels[torch.tensor([0, 1, 0, 1, 2, 2])]
-    assert torch.equal(kwargs["pixel_values"], expected)
