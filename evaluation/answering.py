@@ -26,7 +26,7 @@ class Question:
 class ImageQuestionAnswerer:
     """Loads a folder or hub id with `AutoProcessor` + `AutoModelForImageTextToText` (remote code allowed)."""
 
-    def __init__(self, model: str | Path, max_new_tokens: int = 8, device: str | None = None,
+    def __init__(self, model: str | Path, max_new_tokens: int = 8, batch_size: int = 8, device: str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -36,6 +36,7 @@ class ImageQuestionAnswerer:
             self.model.to(device)
         self.processor.tokenizer.padding_side = "left"
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
         self.reuses_image_features = getattr(self.model.config, "model_type", None) == "deem"
 
     def prompt(self, question: str) -> str:
@@ -50,8 +51,8 @@ class ImageQuestionAnswerer:
         inputs = inputs.to(self.model.device)
         if self.reuses_image_features:
             features = self.model.get_image_features(inputs["pixel_values"][:1])
-            inputs["mm_encoder_outputs"] = type(features)(
-                **{k: v.expand(len(prompts), *v.shape[1:]) if v is not None else None for k, v in features.items()})
+            inputs["mm_encoder_outputs"] = {"image": type(features)(
+                **{k: v.expand(len(prompts), *v.shape[1:]) for k, v in features.items()})}
             del inputs["pixel_values"]
         generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = generated[:, inputs["input_ids"].shape[1]:]
@@ -72,8 +73,10 @@ class ImageQuestionAnswerer:
             for key in tqdm(shard, desc="answering", disable=not (show_progress and state.is_main_process)):
                 group = groups[key]
                 image = _load(group[0].image)
-                for question, text in zip(group, self.answer_image(image, [q.text for q in group])):
-                    answers[question.index] = text
+                for start in range(0, len(group), self.batch_size):
+                    chunk = group[start : start + self.batch_size]
+                    for question, text in zip(chunk, self.answer_image(image, [q.text for q in chunk])):
+                        answers[question.index] = text
         if state.num_processes > 1:
             merged: dict[int, str] = {}
             for part in gather_object([answers]):

@@ -1,0 +1,87 @@
+"""One command for every benchmark.
+
+    python -m evaluation pope --model outputs/demo/checkpoint --data pope.jsonl [--limit N] [--batch-size B]
+    python -m evaluation build-robustvqa --source A --images imagenet-a/ --output robustvqa_a.jsonl
+
+Prints a table like the paper's Table 1, writes per-sample predictions + summary as JSON and a bar chart of all
+runs of the benchmark under --results-dir. Several --model flags evaluate several models side by side. Under
+`accelerate launch`, each process answers a shard and the main process scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .benchmarks import BENCHMARKS
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "build-robustvqa":
+        return build(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument("--model", action="append", required=True, help="folder or hub id; repeat to compare")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--image-root", default=None)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+
+    from accelerate import PartialState
+
+    from .answering import ImageQuestionAnswerer
+    from .benchmarks import evaluate_benchmark
+    from .report import bar_chart, load_summaries, save_result, table
+
+    state = PartialState()
+    max_new_tokens = args.max_new_tokens or (30 if args.benchmark == "caption" else 8)
+    for model in args.model:
+        answerer = ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)
+        result = evaluate_benchmark(args.benchmark, answerer, args.data, args.image_root, args.limit, model)
+        if state.is_main_process:
+            print(f"wrote {save_result(result, args.results_dir)}")
+    if state.is_main_process:
+        summaries = load_summaries(args.results_dir, args.benchmark)
+        print(table(summaries))
+        chart = bar_chart(summaries, args.benchmark, os.path.join(args.results_dir, args.benchmark, "chart.png"))
+        print(f"wrote {chart}")
+    return 0
+
+
+def build(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation build-robustvqa",
+                                     description="Build RobustVQA from ImageNet-A/-R/-V2 images (paper appendix D.1).")
+    parser.add_argument("--source", required=True, help="A, R or V (any name is kept in the 'source' field)")
+    parser.add_argument("--images", required=True, help="class-subfolder image folder, or a save_to_disk dataset")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--clip-model", default="ViT-L-14-336")
+    parser.add_argument("--clip-pretrained", default="openai", help="open_clip tag or checkpoint path")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from .robustvqa import ClipZeroShot, build_robustvqa, dataset_images, image_folder
+
+    source = Path(args.images)
+    if (source / "dataset_info.json").exists():
+        from datasets import load_from_disk
+
+        items = dataset_images(load_from_disk(str(source)))
+    else:
+        items = image_folder(source)
+    counts = build_robustvqa(args.source, items, args.output, ClipZeroShot(args.clip_model, args.clip_pretrained),
+                             batch_size=args.batch_size, seed=args.seed)
+    print(counts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
