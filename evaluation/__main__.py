@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         answerer = ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)
         result = evaluate_benchmark(args.benchmark, answerer, args.data, args.image_root, args.limit, model)
         if state.is_main_process:
-            print(f"wrote {save_result(result, args.results_dir)}")
+            print(f"wrote {save_result(result, args.results_dir)} ({state.num_processes} process(es))")
     if state.is_main_process:
         summaries = load_summaries(args.results_dir, args.benchmark)
         print(table(summaries))
