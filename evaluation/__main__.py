@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
 
+    import torch
     from accelerate import PartialState
 
     from .answering import ImageQuestionAnswerer
     from .benchmarks import evaluate_benchmark
     from .report import bar_chart, load_summaries, save_result, table
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     max_new_tokens = args.max_new_tokens or (30 if args.benchmark == "caption" else 8)
     for model in args.model:
         answerer = ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)

@@ -63,7 +63,7 @@ class ImageQuestionAnswerer:
         from accelerate import PartialState
         from accelerate.utils import gather_object
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())
         groups: dict[str, list[Question]] = {}
         for question in questions:
             groups.setdefault(_image_key(question.image), []).append(question)
