@@ -110,6 +110,9 @@ def test_every_benchmark_runs_on_deem(models, data, tmp_path, benchmark, headlin
     assert headline in summary["scores"]
     if benchmark == "robustvqa":
         assert summary["skipped"] == {"empty answer": 1} and summary["evaluated"] == 2
+        evaluate_main([benchmark, "--model", str(models / "llava-tiny"), "--data", str(data / "robustvqa.jsonl"),
+                       "--results-dir", str(results)])
+        assert json.loads((results / benchmark / "llava-tiny.json").read_text())["summary"]["evaluated"] == 2
 
 
 def test_unknown_benchmark_and_missing_data(models, tmp_path):

@@ -115,3 +115,19 @@ def test_tiny_open_clip_end_to_end(tmp_path):
     counts = build_robustvqa("A", items, tmp_path / "a.jsonl", classifier, batch_size=3)
     assert counts["clip_wrong"] == expected_wrong and counts["questions"] == 2 * expected_wrong
     assert np.isfinite(logits.numpy()).all()
+
+
+def test_datasets_input_with_image_and_label_columns(tmp_path):
+    from datasets import Dataset
+
+    from evaluation.robustvqa import dataset_images
+
+    images = [Image.new("RGB", (24, 20), (0, 0, 90)), Image.new("RGB", (24, 20), (0, 50, 90))]
+    table = Dataset.from_dict({"image": images, "label": [0, 1]})
+    counts = build_robustvqa("V", dataset_images(table), tmp_path / "v.jsonl",
+                             KnownClassifier({(0, 0): 0, (0, 50): 7}))
+    assert counts["clip_wrong"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert all(Image.open(r["image"]).size == (24, 20) for r in rows)  # images written beside the output
+    with pytest.raises(ValueError, match="not an ImageNet class index"):
+        dataset_images(Dataset.from_dict({"image": images[:1], "label": [1000]}))
