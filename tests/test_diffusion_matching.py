@@ -67,9 +67,9 @@ def test_attention_score_equals_a_reference_computed_by_hand(scorer):
     expected = torch.zeros(len(TEXTS), dtype=torch.float64)
     for step, t in enumerate(scorer.timesteps):
         captured = {}
-        hooks = [m.to_q.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__((n, "q"), o))
+        hooks = [m.to_q.register_forward_hook(lambda _m, _i, o, n=n, c=captured: c.__setitem__((n, "q"), o))
                  for n, m in modules.items()]
-        hooks += [m.to_k.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__((n, "k"), o))
+        hooks += [m.to_k.register_forward_hook(lambda _m, _i, o, n=n, c=captured: c.__setitem__((n, "k"), o))
                   for n, m in modules.items()]
         noise = scorer.noise(latent, step)
         timestep = torch.tensor([t])
