@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "build-robustvqa":
         return build(argv[1:])
+    if argv and argv[0] in ("mmvp-vlm", "winoground"):
+        return matching(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("--model", action="append", required=True, help="folder or hub id; repeat to compare")
@@ -81,6 +83,51 @@ def build(argv: list[str]) -> int:
     counts = build_robustvqa(args.source, items, args.output, ClipZeroShot(args.clip_model, args.clip_pretrained),
                              batch_size=args.batch_size, seed=args.seed)
     print(counts)
+    return 0
+
+
+def matching(benchmark: str, argv: list[str]) -> int:
+    """Image–text matching: the diffusion UNet matcher, and a CLIP baseline on the same data."""
+    parser = argparse.ArgumentParser(prog=f"python -m evaluation {benchmark}",
+                                     description="Zero-shot image-text matching with a diffusion UNet (and CLIP).")
+    parser.add_argument("--sd-model", required=True, help="diffusers Stable Diffusion folder or hub id")
+    parser.add_argument("--data", required=True, help="MMVP-VLM folder (Questions.csv + images) or Winoground jsonl")
+    parser.add_argument("--image-root", default=None)
+    parser.add_argument("--score", choices=["attention", "error"], default="attention")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=None)
+    parser.add_argument("--layers", choices=["all", "last"], default="all")
+    parser.add_argument("--clip-model", default=None, help="open_clip name for the CLIP baseline (none: skip it)")
+    parser.add_argument("--clip-pretrained", default="openai")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from .benchmarks import BenchmarkResult, read_rows
+    from .diffusion_matching import DEFAULT_TIMESTEPS, DiffusionImageTextScorer
+    from .report import bar_chart, load_summaries, save_result, table
+    from .vlm_matching import ClipScorer, diffusion_scorer, evaluate_mmvp_vlm, evaluate_winoground, load_mmvp_vlm
+
+    scorers = {f"diffusion-{args.score}": diffusion_scorer(DiffusionImageTextScorer.from_pretrained(
+        args.sd_model, timesteps=args.timesteps or DEFAULT_TIMESTEPS, layers=args.layers), args.score)}
+    if args.clip_model:
+        scorers[f"clip-{args.clip_model}"] = ClipScorer(args.clip_model, args.clip_pretrained)
+    if benchmark == "mmvp-vlm":
+        items = load_mmvp_vlm(args.data)[: args.limit]
+    else:
+        items = read_rows(args.data)[: args.limit]
+    root = Path(args.image_root) if args.image_root else Path(args.data).parent
+    for name, scorer in scorers.items():
+        if benchmark == "mmvp-vlm":
+            outcome = evaluate_mmvp_vlm(items, scorer)
+        else:
+            outcome = evaluate_winoground(items, scorer, root)
+        result = BenchmarkResult(benchmark, name, outcome["scores"], outcome["records"])
+        print(f"wrote {save_result(result, args.results_dir)}")
+    summaries = load_summaries(args.results_dir, benchmark)
+    print(table(summaries))
+    print(f"wrote {bar_chart(summaries, benchmark, Path(args.results_dir) / benchmark / 'chart.png')}")
     return 0
 
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from .benchmarks import BenchmarkResult
 
 HEADLINE = {"robustvqa": "accuracy", "pope": "accuracy", "mmvp": "pair_accuracy", "vqav2": "accuracy",
-            "caption": "cider"}
+            "caption": "cider", "mmvp-vlm": "mean", "winoground": "group"}
 
 
 def run_name(model: str) -> str:

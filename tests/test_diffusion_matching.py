@@ -133,3 +133,58 @@ def test_matching_metrics_by_hand():
     assert winoground_scores(np.array([[0.9, 0.2], [0.5, 0.3]])) == {"text": False, "image": True, "group": False}
     # each image prefers its caption (text holds); caption 0 prefers image 1 (image fails)
     assert winoground_scores(np.array([[0.5, 0.2], [0.9, 0.95]])) == {"text": True, "image": False, "group": False}
+
+
+def test_matching_command_on_an_mmvp_vlm_folder(sd_folder, tmp_path, capsys):
+    import json
+
+    from evaluation.__main__ import main as evaluate_main
+
+    data = tmp_path / "MMVP_VLM"
+    rows = ["Question ID,Type,Statement"]
+    for pattern, first in (("Orientation", 1), ("Color", 3)):
+        (data / "MMVP_VLM Images" / pattern).mkdir(parents=True)
+        for qid in (first, first + 1):
+            picture(qid).save(data / "MMVP_VLM Images" / pattern / f"{qid}.jpg")
+            rows.append(f"{qid},{pattern},statement number {qid}")
+    (data / "Questions.csv").write_text("\n".join(rows) + "\n")
+    results = tmp_path / "results"
+    evaluate_main(["mmvp-vlm", "--sd-model", str(sd_folder), "--data", str(data), "--timesteps", "189", "589",
+                   "--results-dir", str(results)])
+    printed = capsys.readouterr().out
+    assert "Orientation" in printed and "Color" in printed and "mean" in printed
+    saved = json.loads((results / "mmvp-vlm" / "diffusion-attention.json").read_text())
+    scores = saved["summary"]["scores"]
+    assert set(scores) == {"Orientation", "Color", "mean"}
+    assert scores["mean"] == pytest.approx((scores["Orientation"] + scores["Color"]) / 2)
+    assert all(len(r["matrix"]) == 2 for r in saved["records"])
+    assert (results / "mmvp-vlm" / "chart.png").exists()
+
+
+def test_winoground_rows_with_a_clip_baseline(sd_folder, tmp_path):
+    import json
+
+    import open_clip
+
+    from evaluation.diffusion_matching import DiffusionImageTextScorer
+    from evaluation.vlm_matching import ClipScorer, diffusion_scorer, evaluate_winoground
+
+    for k in range(4):
+        picture(k).save(tmp_path / f"{k}.png")
+    rows = [{"image_0": "0.png", "image_1": "1.png", "caption_0": "a red square", "caption_1": "a square red"},
+            {"image_0": "2.png", "image_1": "3.png", "caption_0": "dog bites man", "caption_1": "man bites dog"}]
+    scorer = diffusion_scorer(DiffusionImageTextScorer.from_pretrained(sd_folder, timesteps=(389,)))
+    outcome = evaluate_winoground(rows, scorer, tmp_path)
+    assert set(outcome["scores"]) == {"text", "image", "group"}
+    for record in outcome["records"]:
+        m = np.array(record["matrix"])
+        assert record["group"] == (record["text"] and record["image"])
+        assert record["text"] == bool(m[0, 0] > m[0, 1] and m[1, 1] > m[1, 0])
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                              "head_width": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "tiny-clip-w.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "tiny-clip-w.json")
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip-w")
+    clip = evaluate_winoground(rows, ClipScorer("tiny-clip-w", model=model, preprocess=preprocess), tmp_path)
+    assert set(clip["scores"]) == {"text", "image", "group"}
