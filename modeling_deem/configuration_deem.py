@@ -135,6 +135,22 @@ class DeemVisionConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+DIFFUSION_FEATURE_DEFAULTS: dict[str, Any] = {
+    "timestep": 100,
+    "up_blocks": [1, 2],
+    "grid_size": 16,
+    "combine": "concat",
+    "guidance_scale": 1.0,
+    "caption_dropout_prob": 0.3,
+    "noise_seed": 0,
+    # SD 2.1's text encoder (OpenCLIP ViT-H/14 text tower) and its tokenizer's ids.
+    "text_encoder_config": {"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096,
+                            "num_hidden_layers": 23, "num_attention_heads": 16, "max_position_embeddings": 77,
+                            "hidden_act": "gelu", "projection_dim": 512},
+    "uncond_token_ids": [49406, 49407],
+    "pad_token_id": 0,
+}
+
 _DIFFUSION_KEYS = ("unet_config", "vae_config", "scheduler_config")
 _SUBCONFIG_KEYS = ("text_config", "vision_config", "resampler_config", "condition_resampler_config")
 
@@ -177,6 +193,8 @@ class DeemConfig(PretrainedConfig):
         nip_timestep_range: list[int] | None = None,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = False,
+        vision_backbone: str = "convnext",
+        diffusion_features_config: dict | None = None,
         **kwargs: Any,
     ) -> None:
         given = {k: v for k, v in zip(_SUBCONFIG_KEYS, (text_config, vision_config, resampler_config,
@@ -219,6 +237,11 @@ class DeemConfig(PretrainedConfig):
         self.csr_timestep_range = list(csr_timestep_range) if csr_timestep_range is not None else [200, 800]
         self.nip_timestep_range = list(nip_timestep_range) if nip_timestep_range is not None else None
         self.initializer_range = initializer_range
+        self.vision_backbone = vision_backbone
+        self.diffusion_features_config = (
+            {**DIFFUSION_FEATURE_DEFAULTS, **(diffusion_features_config or {})} if vision_backbone != "convnext"
+            else diffusion_features_config
+        )
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             kwargs.setdefault(key, getattr(self.text_config, key, None))
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
@@ -267,6 +290,17 @@ class DeemConfig(PretrainedConfig):
         low, high = self.csr_timestep_range
         if not 0 <= low < high:
             checks.append(f"csr_timestep_range must be [low, high) with 0 <= low < high, got {self.csr_timestep_range}")
+        if self.vision_backbone not in ("convnext", "diffusion", "both"):
+            checks.append(f"vision_backbone must be 'convnext', 'diffusion' or 'both', got {self.vision_backbone!r}")
+        elif self.vision_backbone != "convnext":
+            features = self.diffusion_features_config
+            if not self.with_image_decoder:
+                checks.append(f"vision_backbone={self.vision_backbone!r} uses the diffusion UNet: keep with_image_decoder")
+            elif features["text_encoder_config"].get("hidden_size") != self.cross_attention_dim:
+                checks.append("diffusion_features_config.text_encoder_config.hidden_size must equal the UNet's "
+                              f"cross_attention_dim ({self.cross_attention_dim})")
+            if features["combine"] not in ("concat", "cfg"):
+                checks.append(f"diffusion_features_config.combine must be 'concat' or 'cfg', got {features['combine']!r}")
         if not 0.0 <= self.condition_dropout_prob < 1.0:
             checks.append(f"condition_dropout_prob must be in [0, 1), got {self.condition_dropout_prob}")
         if checks:

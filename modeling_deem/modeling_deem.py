@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
+from .diffusion_features_deem import DiffusionFeatureExtractor
 from .image_generation_deem import DeemImageGenerationMixin
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler
@@ -81,11 +82,20 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         super().__init__(config)
         text_hidden = config.text_config.hidden_size
         resampler_hidden = config.resampler_config.hidden_size
-        self.vision_tower = DeemVisionTower(config.vision_config)
+        native = []
+        if config.vision_backbone in ("convnext", "both"):
+            self.vision_tower = DeemVisionTower(config.vision_config)
+            native.append(self.vision_tower.native_modules)
+        if config.vision_backbone in ("diffusion", "both"):
+            from transformers import CLIPTextConfig, CLIPTextModel
+
+            features = config.diffusion_features_config
+            self.diffusion_text_encoder = CLIPTextModel(CLIPTextConfig(**features["text_encoder_config"]))
+            self.diffusion_features = DiffusionFeatureExtractor(features, config.unet_config,
+                                                                config.vision_config.hidden_size)
         self.visual_resampler = DeemResampler(config.resampler_config, config.num_image_tokens)
         self.image_to_text = nn.Linear(resampler_hidden, text_hidden)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        native = [self.vision_tower.native_modules]
         if config.with_image_decoder:
             cross = config.cross_attention_dim
             self.image_to_condition = nn.Linear(resampler_hidden, cross)
@@ -115,10 +125,14 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         super()._init_weights(module)
 
     def freeze_image_decoder(self) -> None:
-        """UNet and VAE never train: no gradient, hence no optimizer state for them."""
+        """UNet, VAE (and the diffusion backbone's text encoder) never train: no gradient, hence no optimizer
+        state. LoRA adapters added to the UNet (peft) are the exception."""
         if self.config.with_image_decoder:
-            self.unet.requires_grad_(False)
+            for name, parameter in self.unet.named_parameters():
+                parameter.requires_grad_("lora_" in name)
             self.vae.requires_grad_(False)
+        if hasattr(self, "diffusion_text_encoder"):
+            self.diffusion_text_encoder.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> DeemForConditionalGeneration:
@@ -161,13 +175,36 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
 
     # ------------------------------------------------------------------------------------------ image side
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, image_masks: torch.Tensor | None = None, **kwargs: Any
+        self,
+        pixel_values: torch.FloatTensor,
+        image_masks: torch.Tensor | None = None,
+        diffusion_pixel_values: torch.FloatTensor | None = None,
+        condition_input_ids: torch.LongTensor | None = None,
+        condition_attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> DeemImageFeatures:
         """Images `(N, 3, H, W)` (+ optional region masks `(N, H, W)`) → 77 tokens each for the LLM and CSR.
 
-        Always returns a `DeemImageFeatures` (`return_dict` and other generate bookkeeping are ignored)."""
-        tokens = self.vision_tower(pixel_values, image_masks)
-        resampled = self.visual_resampler(tokens)
+        With a diffusion backbone, `diffusion_pixel_values` (N, 3, h, w) in [-1, 1] and the conditioning texts'
+        `condition_input_ids` (from `DeemDiffusionProcessor`) feed the UNet feature extractor; its tokens join
+        (or replace) the ConvNeXt tokens at the resampler's input. Always returns a `DeemImageFeatures`
+        (`return_dict` and other generate bookkeeping are ignored)."""
+        tokens = []
+        if hasattr(self, "vision_tower"):
+            tokens.append(self.vision_tower(pixel_values, image_masks))
+        elif image_masks is not None:
+            raise ValueError("Region masks need the ConvNeXt backbone (vision_backbone 'convnext' or 'both').")
+        if hasattr(self, "diffusion_features"):
+            if diffusion_pixel_values is None or condition_input_ids is None:
+                raise ValueError("The diffusion backbone needs diffusion_pixel_values and condition_input_ids "
+                                 "(DeemDiffusionProcessor makes them).")
+            if diffusion_pixel_values.shape[0] != pixel_values.shape[0]:
+                raise ValueError(f"Got {diffusion_pixel_values.shape[0]} diffusion views for {pixel_values.shape[0]} images.")
+            tokens.append(self.diffusion_features(
+                self.unet, self.vae, self.noise_scheduler, self.diffusion_text_encoder, diffusion_pixel_values,
+                condition_input_ids, condition_attention_mask,
+            ).to(tokens[0].dtype if tokens else self.visual_resampler.queries.dtype))
+        resampled = self.visual_resampler(torch.cat(tokens, dim=1))
         return DeemImageFeatures(
             last_hidden_state=resampled,
             pooler_output=self.image_to_text(resampled),
@@ -211,6 +248,9 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: DeemImageFeatures | dict[str, DeemImageFeatures] | None = None,
+        diffusion_pixel_values: torch.FloatTensor | None = None,
+        condition_input_ids: torch.LongTensor | None = None,
+        condition_attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> DeemCausalLMOutputWithPast:
         """Text + images in; logits and the three losses out.
@@ -223,13 +263,17 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         mm_encoder_outputs: precomputed `get_image_features` output (or transformers' `{"image": ...}`), used
             instead of `pixel_values`: `generate` encodes the images once this way, and an image asked several
             questions can be encoded once by the caller.
+        diffusion_pixel_values, condition_input_ids, condition_attention_mask: the diffusion backbone's inputs
+            (see `get_image_features`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         kwargs.pop("return_dict", None)  # always a DeemCausalLMOutputWithPast
         outputs, image_features = self._run_language_model(
             input_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
-            mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache,
+            image_inputs={"diffusion_pixel_values": diffusion_pixel_values, "condition_input_ids": condition_input_ids,
+                          "condition_attention_mask": condition_attention_mask}, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -275,6 +319,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         mm_encoder_outputs: DeemImageFeatures | dict[str, DeemImageFeatures] | None = None,
+        image_inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> tuple[Any, DeemImageFeatures | None]:
         """Splice the image tokens into the text embeddings and run the LLM's decoder (no LM head)."""
@@ -284,7 +329,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             mm_encoder_outputs = mm_encoder_outputs.get("image")
         image_features = mm_encoder_outputs
         if image_features is None and pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, image_masks)
+            image_features = self.get_image_features(pixel_values, image_masks, **(image_inputs or {}))
         if image_features is not None:
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features.image_embeds.shape[0])
             image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
@@ -152,6 +153,47 @@ class DeemProcessor(ProcessorMixin):
         return SYSTEM_PROMPT
 
 
+class DeemDiffusionProcessor(DeemProcessor):
+    """DeemProcessor for a model whose visual backbone includes the diffusion UNet: it also returns, per image,
+    the UNet's view of the image (`diffusion_pixel_values`, [-1, 1]) and the text that conditions the UNet
+    (`condition_input_ids`/`condition_attention_mask`, from `condition_tokenizer`, the SD text encoder's):
+    in a chat, the user turn that holds the image; otherwise the sample's text, without image markers."""
+
+    attributes = ["image_processor", "tokenizer", "condition_tokenizer"]
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, condition_tokenizer: Any = None,
+                 chat_template: str | None = None, **kwargs: Any) -> None:
+        super().__init__(image_processor, tokenizer, chat_template=chat_template,
+                         condition_tokenizer=condition_tokenizer, **kwargs)
+
+    def __call__(self, text: str | list[str] | None = None, images: Any = None, **kwargs: Any) -> BatchFeature:
+        batch = super().__call__(text=text, images=images, **kwargs)
+        if "pixel_values" not in batch:
+            return batch
+        texts = [text] if isinstance(text, str) else list(text)
+        conditions = [condition for sample in texts for condition in self.condition_texts(sample)]
+        tokens = self.condition_tokenizer(conditions, padding="max_length", truncation=True,
+                                          max_length=self.condition_tokenizer.model_max_length, return_tensors="pt")
+        flat = _flatten(images)
+        batch["condition_input_ids"] = tokens["input_ids"]
+        batch["condition_attention_mask"] = tokens["attention_mask"]
+        batch["diffusion_pixel_values"] = self.image_processor.preprocess(
+            flat, return_decoder_views=True, train=kwargs.get("train", False), seed=kwargs.get("seed"),
+        )["decoder_pixel_values"]
+        return batch
+
+    def condition_texts(self, sample: str) -> list[str]:
+        """One conditioning text per image marker of `sample` (the answer of a chat never leaks into it)."""
+        turns = re.split(r"\n## (?:USER|ASSISTANT): ", sample)
+        if len(turns) > 1:  # a chat: the user turn holding each image
+            found = [t for t in turns[1:] if self.image_marker in t]
+            return [self._clean(t) for t in found for _ in range(t.count(self.image_marker))]
+        return [self._clean(sample)] * sample.count(self.image_marker)
+
+    def _clean(self, text: str) -> str:
+        return " ".join(text.replace(self.image_marker, " ").replace("</s>", " ").split())
+
+
 def _flatten(items: Any) -> list[Any]:
     if items is None:
         return []
@@ -164,3 +206,4 @@ def _flatten(items: Any) -> list[Any]:
 
 
 DeemProcessor.register_for_auto_class("AutoProcessor")
+DeemDiffusionProcessor.register_for_auto_class("AutoProcessor")

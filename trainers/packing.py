@@ -9,6 +9,10 @@ import torch
 
 from .collator import DeemDataCollator
 
+# Batch entries with one row per image (not per sequence): concatenated in image order.
+PER_IMAGE_KEYS = ("pixel_values", "decoder_pixel_values", "image_masks", "diffusion_pixel_values",
+                  "condition_input_ids", "condition_attention_mask")
+
 
 @dataclass
 class DeemPackingCollator:
@@ -54,7 +58,7 @@ class DeemPackingCollator:
                 position_ids[row, span] = torch.arange(length)
                 mask[row, 0, span, span] = torch.tril(torch.ones(length, length, dtype=torch.bool))
                 offset += length
-                for key in ("pixel_values", "decoder_pixel_values", "image_masks"):
+                for key in PER_IMAGE_KEYS:
                     if key in sample:
                         per_image.setdefault(key, []).append(sample[key])
             mask[row, 0, offset:, :] = False

@@ -13,10 +13,10 @@ PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "vision_trunk": ("vision_tower.trunk.",),
     "mask_extractor": ("vision_tower.mask_extractor.",),
     "image_side": ("vision_tower.adapters.", "vision_tower.norm.", "visual_resampler.", "image_to_text.",
-                   "image_to_condition."),
+                   "image_to_condition.", "diffusion_features."),
     "condition_side": ("context_proj.", "condition_resampler.", "negative_condition"),
     "language_model": ("language_model.",),
-    "image_decoder": ("unet.", "vae."),
+    "image_decoder": ("unet.", "vae.", "diffusion_text_encoder."),
 }
 
 
