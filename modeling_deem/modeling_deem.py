@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, CLIPTextConfig, CLIPTextModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -87,8 +87,6 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             self.vision_tower = DeemVisionTower(config.vision_config)
             native.append(self.vision_tower.native_modules)
         if config.vision_backbone in ("diffusion", "both"):
-            from transformers import CLIPTextConfig, CLIPTextModel
-
             features = config.diffusion_features_config
             self.diffusion_text_encoder = CLIPTextModel(CLIPTextConfig(**features["text_encoder_config"]))
             self.diffusion_features = DiffusionFeatureExtractor(features, config.unet_config,
