@@ -13,7 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoModelForCausalLM, CLIPTextConfig, CLIPTextModel, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -467,25 +474,36 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
     def from_components(
         cls,
         language_model: str | os.PathLike,
-        vision_model: str,
+        vision_model: str | None,
         diffusion_model: str | os.PathLike,
         vision_pretrained: str | None = None,
+        tokenizer: str | os.PathLike | None = None,
         dtype: torch.dtype | None = None,
         **config_kwargs: Any,
     ) -> DeemForConditionalGeneration:
-        """Assemble DEEM from pretrained parts; the resamplers and heads start fresh.
+        """Assemble DEEM from pretrained parts; the resamplers, heads and projectors start fresh.
 
         language_model: an HF causal LM (hub id or folder). Unless `image_start_token_id`/`image_token_id` are
-            given, two new token ids are appended to its vocabulary (the processor's tokenizer must match).
+            given, `<|startofimage|>`, `<|sniffer|>` and (if the tokenizer has none) `<pad>` get the next ids of
+            its tokenizer (`tokenizer`, default: the LM's own), exactly as `DeemProcessor.from_base_tokenizer`
+            adds them, and the embeddings grow to match.
         vision_model: an open_clip model name whose tower is a timm ConvNeXt (e.g. "convnext_base_w_320");
-            `vision_pretrained` is its open_clip pretrained tag or a checkpoint path.
-        diffusion_model: a diffusers Stable Diffusion folder or hub id (subfolders unet/, vae/, scheduler/).
-        config_kwargs: other `DeemConfig` fields (resampler sizes, loss weights, image sizes, ...).
+            `vision_pretrained` is its open_clip pretrained tag or a checkpoint path. None with
+            `vision_backbone="diffusion"`.
+        diffusion_model: a diffusers Stable Diffusion folder or hub id (unet/, vae/, scheduler/; and
+            text_encoder/ + tokenizer/ for a diffusion visual backbone).
+        config_kwargs: other `DeemConfig` fields (resampler sizes, loss weights, image sizes, backbone, ...).
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-        vision_config, trunk_state = _open_clip_trunk(vision_model, vision_pretrained,
-                                                       config_kwargs.pop("vision_config", None) or {})
+        backbone = config_kwargs.get("vision_backbone", "convnext")
+        vision_overrides = config_kwargs.pop("vision_config", None) or {}
+        if backbone == "diffusion":
+            vision_config, trunk_state = DeemVisionConfig(**vision_overrides), None
+        elif vision_model is None:
+            raise ValueError(f"vision_backbone={backbone!r} needs an open_clip vision_model.")
+        else:
+            vision_config, trunk_state = _open_clip_trunk(vision_model, vision_pretrained, vision_overrides)
         lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
         unet = UNet2DConditionModel.from_pretrained(diffusion_model, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(diffusion_model, subfolder="vae", torch_dtype=dtype)
@@ -493,9 +511,29 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
 
         text_config = lm.config
         if "image_start_token_id" not in config_kwargs and "image_token_id" not in config_kwargs:
-            base = text_config.vocab_size
+            base_tokenizer = AutoTokenizer.from_pretrained(tokenizer or language_model)
+            base = len(base_tokenizer)
             config_kwargs.update(image_start_token_id=base, image_token_id=base + 1)
-            lm.resize_token_embeddings(base + 2, mean_resizing=True)
+            added = 2
+            if base_tokenizer.pad_token is None:
+                text_config.pad_token_id = base + 2
+                config_kwargs["pad_token_id"] = base + 2
+                added = 3
+            if base + added > text_config.vocab_size:
+                lm.resize_token_embeddings(base + added, mean_resizing=True)
+        text_encoder = None
+        if backbone != "convnext":
+            text_encoder = CLIPTextModel.from_pretrained(diffusion_model, subfolder="text_encoder", dtype=dtype)
+            condition_tokenizer = AutoTokenizer.from_pretrained(diffusion_model, subfolder="tokenizer")
+            encoder_config = text_encoder.config.to_dict()
+            features = dict(config_kwargs.pop("diffusion_features_config", None) or {})
+            features.setdefault("text_encoder_config", {
+                k: encoder_config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                               "num_attention_heads", "max_position_embeddings", "hidden_act",
+                                               "projection_dim", "layer_norm_eps")})
+            features.setdefault("uncond_token_ids", [condition_tokenizer.bos_token_id, condition_tokenizer.eos_token_id])
+            features.setdefault("pad_token_id", condition_tokenizer.pad_token_id or condition_tokenizer.eos_token_id)
+            config_kwargs["diffusion_features_config"] = features
         resampler = {**VISUAL_RESAMPLER_CONFIG, **(config_kwargs.pop("resampler_config", None) or {}),
                      "encoder_hidden_size": vision_config.hidden_size}
         condition = {**CONDITION_RESAMPLER_CONFIG,
@@ -514,7 +552,10 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         )
         model = cls(config)
         model.language_model.load_state_dict(lm.state_dict())
-        model.vision_tower.trunk.load_state_dict(trunk_state)
+        if trunk_state is not None:
+            model.vision_tower.trunk.load_state_dict(trunk_state)
+        if text_encoder is not None:
+            model.diffusion_text_encoder.load_state_dict(text_encoder.state_dict())
         model.unet.load_state_dict(unet.state_dict())
         model.vae.load_state_dict(vae.state_dict())
         return model.to(dtype) if dtype is not None else model

@@ -117,3 +117,21 @@ def test_lora_on_the_unets_cross_attention(diffusion_processor):
     features.image_embeds.sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_stage_two_trains_the_unet_lora_and_nothing_else_of_the_unet(diffusion_processor, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(diffusion_model(), LoraConfig(
+        r=4, target_modules=r"unet\..*attn2\.(to_q|to_k|to_v|to_out\.0)", init_lora_weights="gaussian"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = STAGES["stage2"].training_arguments(str(tmp_path), max_steps=2, per_device_train_batch_size=2,
+                                               learning_rate=1e-2, warmup_steps=0, use_cpu=True, report_to="none",
+                                               save_strategy="no", logging_steps=1)
+    DeemTrainer(model=model, args=args, train_dataset=make_shapes_dataset(4), stage="stage2",
+                data_collator=DeemDataCollator(diffusion_processor)).train()
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    unet_changed = {k for k in changed if ".unet." in k}
+    assert unet_changed and all("lora_" in k for k in unet_changed)
+    assert any("diffusion_features.projector" in k for k in changed)

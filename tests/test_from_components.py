@@ -6,10 +6,19 @@ import open_clip
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from modeling_deem import DeemForConditionalGeneration
 from modeling_deem.tiny import tiny_config_dict
+
+
+def plain_tokenizer(size: int) -> PreTrainedTokenizerFast:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(size - 3)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
 
 SMALL_RESAMPLER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64}
 
@@ -20,6 +29,7 @@ def parts(tmp_path):
     tiny = tiny_config_dict()
     lm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in tiny["text_config"].items() if k != "model_type"}))
     lm.save_pretrained(tmp_path / "lm")
+    plain_tokenizer(512).save_pretrained(tmp_path / "lm")  # a plain LLM tokenizer: no image tokens, no pad
 
     clip_config = {
         "embed_dim": 16,
@@ -36,6 +46,11 @@ def parts(tmp_path):
     UNet2DConditionModel.from_config(tiny["unet_config"]).save_pretrained(sd / "unet")
     AutoencoderKL.from_config(tiny["vae_config"]).save_pretrained(sd / "vae")
     DDPMScheduler.from_config(tiny["scheduler_config"]).save_pretrained(sd / "scheduler")
+    CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=16)).save_pretrained(sd / "text_encoder")
+    clip_tokenizer = plain_tokenizer(100)
+    clip_tokenizer.model_max_length = 16
+    clip_tokenizer.save_pretrained(sd / "tokenizer")
     return {"lm": lm, "clip": clip, "root": tmp_path}
 
 
@@ -53,7 +68,12 @@ def test_from_components_loads_every_part(parts):
     )
     vocab = parts["lm"].config.vocab_size
     assert model.config.image_start_token_id == vocab and model.config.image_token_id == vocab + 1
-    assert model.config.text_config.vocab_size == vocab + 2
+    assert model.config.text_config.vocab_size == vocab + 3 and model.config.pad_token_id == vocab + 2
+    from processing import DeemProcessor
+
+    processor = DeemProcessor.from_base_tokenizer(root / "lm")  # the same ids on the processor's side
+    assert (processor.image_start_token_id, processor.image_token_id, processor.tokenizer.pad_token_id) == (
+        model.config.image_start_token_id, model.config.image_token_id, model.config.pad_token_id)
     embed = model.get_input_embeddings().weight
     assert torch.equal(embed[:vocab], parts["lm"].get_input_embeddings().weight)
     clip_trunk = parts["clip"].visual.trunk.state_dict()
@@ -87,3 +107,21 @@ def test_non_convnext_open_clip_is_refused(parts):
         DeemForConditionalGeneration.from_components(
             language_model=parts["root"] / "lm", vision_model="ViT-B-32", diffusion_model=parts["root"] / "sd"
         )
+
+
+def test_from_components_with_the_diffusion_backbone(parts):
+    root = parts["root"]
+    model = DeemForConditionalGeneration.from_components(
+        language_model=root / "lm", vision_model=None, diffusion_model=root / "sd", vision_backbone="diffusion",
+        vision_config={"hidden_size": 32, "image_size": 64}, resampler_config=SMALL_RESAMPLER,
+        condition_resampler_config=SMALL_RESAMPLER, decoder_image_size=32,
+        diffusion_features_config={"up_blocks": [0, 1], "grid_size": 4},
+    )
+    assert not hasattr(model, "vision_tower")
+    encoder = CLIPTextModel.from_pretrained(root / "sd", subfolder="text_encoder")
+    for key, value in model.diffusion_text_encoder.state_dict().items():
+        assert torch.equal(value, encoder.state_dict()[key]), key
+    assert model.config.diffusion_features_config["uncond_token_ids"] == [1, 2]
+    with pytest.raises(ValueError, match="needs an open_clip vision_model"):
+        DeemForConditionalGeneration.from_components(language_model=root / "lm", vision_model=None,
+                                                     diffusion_model=root / "sd")

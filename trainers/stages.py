@@ -76,7 +76,7 @@ STAGES: dict[str, StageRecipe] = {
     ),
     "stage2": StageRecipe(
         name="stage2",
-        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "condition_side": 1e-5},
+        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "condition_side": 1e-5, "diffusion_lora": 1e-5},
         nip_loss_weight=0.0, csr_loss_weight=5.0, image_size=448, per_device_train_batch_size=16,
     ),
     "stage3": StageRecipe(
@@ -97,7 +97,10 @@ def get_stage(stage: str | StageRecipe) -> StageRecipe:
 
 
 def parameter_group(name: str) -> str:
-    """The group a parameter belongs to (by its name in `DeemForConditionalGeneration`)."""
+    """The group a parameter belongs to (by its name in `DeemForConditionalGeneration`). LoRA adapters on the
+    UNet (the diffusion backbone's cross-attention, seed paper 003) are a group of their own, "diffusion_lora"."""
+    if name.startswith("unet.") and "lora_" in name:
+        return "diffusion_lora"
     for group, prefixes in PARAMETER_GROUPS.items():
         if name.startswith(prefixes):
             return group
