@@ -83,10 +83,12 @@ class DeemImageGenerationMixin:
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_masks: torch.Tensor | None = None,
+        **image_inputs: Any,
     ) -> torch.Tensor:
         """One UNet condition per row, from the row's document up to a final `<|startofimage|>` (added if absent).
 
-        Rows must be left-padded (or unpadded) so that each ends at the last column.
+        Rows must be left-padded (or unpadded) so that each ends at the last column. `image_inputs`: the
+        diffusion backbone's inputs for images in the prompt (`diffusion_pixel_values`, `condition_input_ids`, ...).
         """
         soi = self.config.image_start_token_id
         if attention_mask is not None and not bool(attention_mask[:, -1].all()):
@@ -97,7 +99,8 @@ class DeemImageGenerationMixin:
             input_ids = torch.cat([input_ids, input_ids.new_full((input_ids.shape[0], 1), soi)], dim=1)
             if attention_mask is not None:
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], 1)
-        outputs, _ = self._run_language_model(input_ids, attention_mask, pixel_values, image_masks, use_cache=False)
+        outputs, _ = self._run_language_model(input_ids, attention_mask, pixel_values, image_masks, use_cache=False,
+                                              image_inputs=image_inputs)
         hidden = outputs.last_hidden_state
         last = input_ids.shape[1] - 1
         contexts = []
@@ -119,10 +122,11 @@ class DeemImageGenerationMixin:
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         show_progress: bool = False,
+        **image_inputs: Any,
     ) -> list[Image.Image] | torch.Tensor:
         """The next image of each prompt (the NIP path): PIL images, or a tensor in [0, 1] with output_type="pt"."""
         self._require_image_decoder("generation_mode='image'")
-        condition = self.prompt_conditions(input_ids, attention_mask, pixel_values, image_masks)
+        condition = self.prompt_conditions(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)
         return self.sample_images(condition, num_inference_steps, guidance_scale, generator, output_type,
                                   show_progress)
 

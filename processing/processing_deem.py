@@ -167,19 +167,19 @@ class DeemDiffusionProcessor(DeemProcessor):
                          condition_tokenizer=condition_tokenizer, **kwargs)
 
     def __call__(self, text: str | list[str] | None = None, images: Any = None, **kwargs: Any) -> BatchFeature:
-        batch = super().__call__(text=text, images=images, **kwargs)
+        wants_decoder_views = kwargs.pop("return_decoder_views", False)
+        # One pass makes both views from the same crop; the UNet's view is the decoder view.
+        batch = super().__call__(text=text, images=images, return_decoder_views=True, **kwargs)
         if "pixel_values" not in batch:
             return batch
+        view = batch["decoder_pixel_values"] if wants_decoder_views else batch.pop("decoder_pixel_values")
+        batch["diffusion_pixel_values"] = view
         texts = [text] if isinstance(text, str) else list(text)
         conditions = [condition for sample in texts for condition in self.condition_texts(sample)]
         tokens = self.condition_tokenizer(conditions, padding="max_length", truncation=True,
                                           max_length=self.condition_tokenizer.model_max_length, return_tensors="pt")
-        flat = _flatten(images)
         batch["condition_input_ids"] = tokens["input_ids"]
         batch["condition_attention_mask"] = tokens["attention_mask"]
-        batch["diffusion_pixel_values"] = self.image_processor.preprocess(
-            flat, return_decoder_views=True, train=kwargs.get("train", False), seed=kwargs.get("seed"),
-        )["decoder_pixel_values"]
         return batch
 
     def condition_texts(self, sample: str) -> list[str]:

@@ -135,3 +135,14 @@ def test_stage_two_trains_the_unet_lora_and_nothing_else_of_the_unet(diffusion_p
     unet_changed = {k for k in changed if ".unet." in k}
     assert unet_changed and all("lora_" in k for k in unet_changed)
     assert any("diffusion_features.projector" in k for k in changed)
+
+
+def test_image_generation_from_a_prompt_with_an_image(diffusion_processor):
+    model = diffusion_model().eval()
+    inputs = diffusion_processor(text="<image> The same shape, in blue:", images=picture(4))
+    assert "decoder_pixel_values" not in inputs  # inference: no NIP/CSR targets
+    images = model.generate(**inputs, generation_mode="image", num_inference_steps=2,
+                            generator=torch.Generator().manual_seed(0))
+    assert len(images) == 1 and images[0].size == (32, 32)
+    training = diffusion_processor(text="<image> A shape.", images=picture(4), return_decoder_views=True)
+    assert torch.equal(training["decoder_pixel_values"], training["diffusion_pixel_values"])
