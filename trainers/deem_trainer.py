@@ -52,14 +52,14 @@ class DeemLossMixin:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
         parts = self._loss_parts[mode]
-        for part, values in parts.items():
-            if values:
-                total = torch.tensor(sum(values), dtype=torch.float64)
-                count = torch.tensor(len(values), dtype=torch.float64)
-                if self.args.world_size > 1:  # average over all processes, not only the main one
-                    total, count = (self.accelerator.reduce(t.to(self.args.device), reduction="sum").cpu()
-                                    for t in (total, count))
-                logs[f"{prefix}{part}"] = round(float(total / count), 6)
+        # Every process reduces every part, in a fixed order (one may have no NIP value where another has some):
+        # the mean is over all processes' values, and no process waits on a collective the others skip.
+        sums = torch.tensor([[sum(parts[p]), len(parts[p])] for p in LOSS_PARTS], dtype=torch.float64)
+        if self.args.world_size > 1:
+            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
+        for part, (total, count) in zip(LOSS_PARTS, sums.tolist()):
+            if count:
+                logs[f"{prefix}{part}"] = round(total / count, 6)
         parts.clear()
         super().log(logs, start_time)
 
