@@ -86,12 +86,13 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path):
     run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
          "-m", "trainers.train_deem", "--output_dir", str(tmp_path), *BASE, "--max_steps", "2",
          "--save_strategy", "no"])
-    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"] if (
-        tmp_path / "trainer_state.json").exists() else None
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     final = torch.load(tmp_path / "training_args.bin", weights_only=False)
     assert final.world_size == 2
     assert (tmp_path / "model.safetensors").exists()
-    assert history is None or history
+    logged = [entry for entry in history if "ntp_loss" in entry]
+    assert [entry["step"] for entry in logged] == [1, 2] and all("csr_loss" in entry for entry in logged)
+    assert logged[-1]["epoch"] == pytest.approx(2 * 2 * 2 / 32)  # 2 steps × 2 processes × batch 2 of 32 rows
 
 
 @pytest.mark.parametrize("stage", ["stage2"])

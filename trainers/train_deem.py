@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> DeemTrainer:
                           data_collator=collator, stage=recipe)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the log history with every loss part
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
     return trainer
