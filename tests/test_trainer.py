@@ -56,8 +56,22 @@ def test_collator_masks_padding_placeholders_and_prompts(processor, shapes):
 
 
 def test_trainer_logs_each_loss_and_lowers_them(processor, shapes, tmp_path):
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Integration(TrainerCallback):  # what report_to integrations receive
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
     model = fresh_model()
-    trainer = train(model, processor, shapes, tmp_path, "stage1", steps=30, logging_steps=10)
+    args = STAGES["stage1"].training_arguments(str(tmp_path), max_steps=30, warmup_steps=1, learning_rate=1e-3,
+                                               per_device_train_batch_size=4, logging_steps=10, save_strategy="no",
+                                               report_to="none", use_cpu=True, seed=0)
+    trainer = DeemTrainer(model=model, args=args, train_dataset=shapes, stage="stage1",
+                          data_collator=DeemDataCollator(processor), callbacks=[Integration()])
+    trainer.train()
+    assert sum({"ntp_loss", "nip_loss", "csr_loss"} <= set(entry) for entry in seen) == 3
     logs = [entry for entry in trainer.state.log_history if "ntp_loss" in entry]
     assert len(logs) == 3
     for part in ("ntp_loss", "nip_loss", "csr_loss"):
