@@ -45,6 +45,23 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def read_public_layout(benchmark: str, folder: Path) -> list[dict[str, Any]]:
+    """POPE: `coco_pope_{random,popular,adversarial}.json` (JSON lines: image, text, label; the split from the
+    file name). MMVP: `Questions.csv` (Index, Question, Options, Correct Answer) with `MMVP Images/<Index>.jpg`;
+    questions 1-2, 3-4, ... are the pairs."""
+    if benchmark == "pope":
+        files = sorted(folder.glob("*pope_*.json*"))
+        if not files:
+            raise FileNotFoundError(f"No *pope_<split>.json files in {folder}.")
+        return [{**row, "split": path.name.split("pope_", 1)[1].split(".")[0]} for path in files
+                for row in read_rows(path)]
+    if benchmark == "mmvp":
+        rows = read_rows(folder / "Questions.csv")
+        return [{"image": f"MMVP Images/{row['Index']}.jpg", "question": row["Question"], "options": row["Options"],
+                 "answer": row["Correct Answer"], "pair_id": (int(row["Index"]) - 1) // 2} for row in rows]
+    raise ValueError(f"{benchmark} reads a data file, not a folder.")
+
+
 def _resolve_image(row: dict[str, Any], image_root: Path | None) -> Path:
     value = row.get("image")
     if not value:
@@ -80,8 +97,12 @@ def evaluate_benchmark(benchmark: str, answerer: ImageQuestionAnswerer, data: st
     if benchmark not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}.")
     required, question_of, score = BENCHMARKS[benchmark]
-    root = Path(image_root) if image_root else Path(data).parent
-    rows, skipped = prepare(read_rows(data), root, required, limit)
+    data = Path(data)
+    if data.is_dir():  # a benchmark's public folder layout
+        rows, default_root = read_public_layout(benchmark, data), data
+    else:
+        rows, default_root = read_rows(data), data.parent
+    rows, skipped = prepare(rows, Path(image_root) if image_root else default_root, required, limit)
     questions = [Question(i, row["image_path"], question_of(row)) for i, row in enumerate(rows)]
     answers = answerer.answer(questions)
     records = [{**{k: v for k, v in row.items() if k != "image_path"}, "prompt": questions[i].text,

@@ -155,3 +155,28 @@ def test_two_processes_give_the_same_predictions(models, data, tmp_path):
     two = json.loads((tmp_path / "two" / "pope" / "deem-tiny.json").read_text())
     assert [r["prediction"] for r in one["records"]] == [r["prediction"] for r in two["records"]]
     assert one["summary"]["scores"] == two["summary"]["scores"]
+
+
+def test_public_layouts_of_pope_and_mmvp(models, tmp_path):
+    pope = tmp_path / "pope"
+    pope.mkdir()
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(pope / "COCO_val2014_1.jpg")
+    for split in ("random", "adversarial"):
+        (pope / f"coco_pope_{split}.json").write_text("\n".join(json.dumps(
+            {"question_id": i, "image": "COCO_val2014_1.jpg", "text": "Is there a cat in the image?",
+             "label": label}) for i, label in enumerate(["yes", "no"])))
+    results = tmp_path / "results"
+    evaluate_main(["pope", "--model", str(models / "deem-tiny"), "--data", str(pope), "--results-dir", str(results)])
+    summary = json.loads((results / "pope" / "deem-tiny.json").read_text())["summary"]
+    assert summary["evaluated"] == 4 and {"random_f1", "adversarial_f1"} <= set(summary["scores"])
+
+    mmvp = tmp_path / "mmvp"
+    (mmvp / "MMVP Images").mkdir(parents=True)
+    lines = ["Index,Question,Options,Correct Answer"]
+    for index in (1, 2):
+        Image.new("RGB", (40, 30), (0, 90 * index, 0)).save(mmvp / "MMVP Images" / f"{index}.jpg")
+        lines.append(f'{index},Is the dog facing left?,"(a) Yes (b) No",{"(a)" if index == 1 else "(b)"}')
+    (mmvp / "Questions.csv").write_text("\n".join(lines) + "\n")
+    evaluate_main(["mmvp", "--model", str(models / "deem-tiny"), "--data", str(mmvp), "--results-dir", str(results)])
+    saved = json.loads((results / "mmvp" / "deem-tiny.json").read_text())
+    assert saved["summary"]["evaluated"] == 2 and [r["pair_id"] for r in saved["records"]] == [0, 0]
