@@ -33,6 +33,7 @@ def test_round_trip_in_bfloat16(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     loaded = DeemForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert_same_tensors(tiny_model.to(torch.bfloat16), loaded)
+    assert_same_tensors(loaded, DeemForConditionalGeneration.from_pretrained(tmp_path, torch_dtype=torch.bfloat16))
     bf16_dir = tmp_path / "bf16"
     loaded.save_pretrained(bf16_dir)
     assert_same_tensors(loaded, DeemForConditionalGeneration.from_pretrained(bf16_dir, dtype=torch.bfloat16))
