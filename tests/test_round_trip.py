@@ -60,7 +60,8 @@ def test_saved_folder_carries_code_and_auto_map(tiny_model, tmp_path):
         "AutoModelForImageTextToText": "modeling_deem.DeemForConditionalGeneration",
     }
     for name in ("configuration_deem.py", "modeling_deem.py", "vision_deem.py", "resampler_deem.py",
-                 "diffusion_deem.py", "positional_embeddings.py"):
+                 "diffusion_deem.py", "positional_embeddings.py", "image_generation_deem.py",
+                 "diffusion_features_deem.py"):
         assert (tmp_path / name).exists(), name
 
 
