@@ -144,6 +144,11 @@ class DeemProcessor(ProcessorMixin):
         """The text each row generated after its (left-padded) prompt."""
         return self.tokenizer.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)
 
+    def decode_interleaved(self, parts: list[Any]) -> list[Any]:
+        """`model.generate_interleaved` output (token-id tensors and PIL images) → texts and images, in order."""
+        return [self.tokenizer.decode(part, skip_special_tokens=True) if isinstance(part, torch.Tensor) else part
+                for part in parts]
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "image_masks"]
