@@ -160,3 +160,17 @@ def test_trl_sft_trainer_keeps_the_csr_term(processor, shapes, tmp_path):
     assert len(logs) == 3 and all("csr_loss" in entry and "nip_loss" not in entry for entry in logs)
     changed = changed_groups(before, snapshot(model))
     assert "language_model" in changed and changed <= {"language_model", "image_side", "condition_side"}
+
+
+def test_plain_training_arguments_work_too(processor, shapes, tmp_path):
+    """Without a stage recipe: ordinary TrainingArguments (raw columns kept for the collator), one learning rate."""
+    from transformers import TrainingArguments
+
+    model = fresh_model()
+    args = TrainingArguments(str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
+                             report_to="none", save_strategy="no", logging_steps=1)
+    trainer = DeemTrainer(model=model, args=args, train_dataset=shapes.to_iterable_dataset(),
+                          data_collator=DeemDataCollator(processor))
+    trainer.train()
+    assert len([e for e in trainer.state.log_history if "csr_loss" in e]) == 2
+    assert not trainer.args.remove_unused_columns and trainer.args.accelerator_config.dispatch_batches is False

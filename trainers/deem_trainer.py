@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.utils import logging
 
 from .stages import StageRecipe, apply_stage, get_stage, parameter_group
 
 LOSS_PARTS = ("ntp_loss", "nip_loss", "csr_loss")
+logger = logging.get_logger(__name__)
 
 
 class DeemLossMixin:
@@ -27,6 +29,14 @@ class DeemLossMixin:
         model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
         if self.stage is not None and model is not None:
             apply_stage(model, self.stage)
+        training_args = kwargs.get("args")
+        if training_args is not None and training_args.remove_unused_columns:
+            # DEEM's collators read the raw columns (text/messages, images, masks); Trainer would drop them.
+            logger.warning("DeemTrainer sets remove_unused_columns=False: its collator needs the raw columns.")
+            training_args.remove_unused_columns = False
+        if training_args is not None and getattr(training_args.accelerator_config, "dispatch_batches", None) is None:
+            # Per-image tensors are not batch-major: accelerate's dispatcher (iterable datasets) would slice them.
+            training_args.accelerator_config.dispatch_batches = False
         super().__init__(*args, **kwargs)
         self.add_callback(_CollatorEpoch(self.data_collator))
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
