@@ -83,7 +83,7 @@ class DeemVisionTower(nn.Module):
             )
         levels = sorted(self.config.feature_levels)
         pixel_values = pixel_values.to(next(self.trunk.parameters()).dtype)
-        maps = self.trunk.forward_intermediates(pixel_values, indices=[level for level in levels],
+        maps = self.trunk.forward_intermediates(pixel_values, indices=levels,
                                                 intermediates_only=True)
         grid_tokens, grid_masks = [], []
         for level, feature_map in zip(levels, maps):

@@ -174,3 +174,8 @@ def test_plain_training_arguments_work_too(processor, shapes, tmp_path):
     trainer.train()
     assert len([e for e in trainer.state.log_history if "csr_loss" in e]) == 2
     assert not trainer.args.remove_unused_columns and trainer.args.accelerator_config.dispatch_batches is False
+
+
+def test_a_misspelt_override_is_an_error_not_ignored(tmp_path):
+    with pytest.raises(TypeError, match="leraning_rate"):
+        STAGES["stage1"].training_arguments(str(tmp_path), leraning_rate=1e-3)

@@ -29,7 +29,6 @@ class DeemSFTTrainer(DeemLossMixin, SFTTrainer):
     ) -> None:
         recipe = get_stage(stage)
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-        args.remove_unused_columns = False
         collator = data_collator or DeemDataCollator(processing_class, decoder_views=recipe.with_image_decoder,
                                                      seed=args.seed)
         super().__init__(model=model, args=args, processing_class=processing_class, data_collator=collator,

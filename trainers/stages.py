@@ -63,8 +63,7 @@ class StageRecipe:
             "accelerator_config": {"dispatch_batches": False},
         }
         values.update(overrides)
-        values = {k: v for k, v in values.items() if k in TrainingArguments.__dataclass_fields__}
-        return TrainingArguments(**values)
+        return TrainingArguments(**values)  # an unknown override is a TypeError, not silently dropped
 
 
 STAGES: dict[str, StageRecipe] = {

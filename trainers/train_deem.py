@@ -90,17 +90,13 @@ def load_rows(data: DataArguments, seed: int) -> Dataset | IterableDataset:
     open_image = _image_opener(data.image_root)
     if data.data_format == "pairs":
         return dataset.map(lambda r: image_text_pair_row(open_image(r["image"]), r["caption"], rng),
-                           remove_columns=_columns(dataset))
+                           remove_columns=dataset.column_names)
     if data.data_format == "llava":
         return dataset.map(lambda r: llava_conversation_row(r["conversations"], open_image(r.get("image"))),
-                           remove_columns=_columns(dataset))
+                           remove_columns=dataset.column_names)
     if isinstance(dataset, Dataset) and "images" in dataset.column_names and data.image_root:
         return dataset.map(lambda r: {"images": [open_image(i) for i in r["images"]]})
     return dataset
-
-
-def _columns(dataset: Dataset | IterableDataset) -> list[str] | None:
-    return dataset.column_names
 
 
 def _image_opener(root: str | None):
