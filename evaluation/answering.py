@@ -52,7 +52,8 @@ class ImageQuestionAnswerer:
         if self.reuses_image_features:
             features = self.model.get_image_features(inputs["pixel_values"][:1])
             inputs["mm_encoder_outputs"] = {"image": type(features)(
-                **{k: v.expand(len(prompts), *v.shape[1:]) for k, v in features.items()})}
+                **{k: v.expand(len(prompts), *v.shape[1:]) if isinstance(v, torch.Tensor) else v
+                   for k, v in features.items()})}
             del inputs["pixel_values"]
         generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = generated[:, inputs["input_ids"].shape[1]:]

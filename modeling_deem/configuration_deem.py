@@ -151,6 +151,23 @@ DIFFUSION_FEATURE_DEFAULTS: dict[str, Any] = {
     "pad_token_id": 0,
 }
 
+# MMFS (DESIGN.md section 8), the authors' sizes. `attention_dim` None = the image features' width (1024 for
+# deem-7b). Levels are ConvNeXt stage indices: the LLM reads stages 2-4, the UNet all four.
+MMFS_DEFAULTS: dict[str, Any] = {
+    "cross_attention_frequency": 4,
+    "num_heads": 16,
+    "num_points": 8,
+    "attention_dim": None,
+    "language_levels": [1, 2, 3],
+    "decoder_levels": [0, 1, 2, 3],
+    "max_images": 50,
+    "decoder_max_images": 10,
+    "offset_base": 16,
+    "language_offset_init": 3.0,
+    "decoder_offset_init": 1.0,
+    "decoder": True,
+}
+
 _DIFFUSION_KEYS = ("unet_config", "vae_config", "scheduler_config")
 _SUBCONFIG_KEYS = ("text_config", "vision_config", "resampler_config", "condition_resampler_config")
 
@@ -195,6 +212,10 @@ class DeemConfig(PretrainedConfig):
         tie_word_embeddings: bool = False,
         vision_backbone: str = "convnext",
         diffusion_features_config: dict | None = None,
+        mmfs: bool | None = None,
+        mmfs_config: dict | None = None,
+        new_token_ids: list[int] | None = None,
+        resampler_qk_norm: bool = True,
         **kwargs: Any,
     ) -> None:
         given = {k: v for k, v in zip(_SUBCONFIG_KEYS, (text_config, vision_config, resampler_config,
@@ -242,8 +263,25 @@ class DeemConfig(PretrainedConfig):
             {**DIFFUSION_FEATURE_DEFAULTS, **(diffusion_features_config or {})} if vision_backbone != "convnext"
             else diffusion_features_config
         )
+        # MMFS reads the ConvNeXt's maps: on by default (the paper), off by default for a diffusion-only backbone.
+        self.mmfs = (vision_backbone != "diffusion") if mmfs is None else bool(mmfs)
+        unknown = set(mmfs_config or {}) - set(MMFS_DEFAULTS)
+        if unknown:
+            raise ValueError(f"Unknown mmfs_config keys {sorted(unknown)}; known: {sorted(MMFS_DEFAULTS)}.")
+        self.mmfs_config = {**MMFS_DEFAULTS, **(mmfs_config or {})}
+        if self.mmfs_config["attention_dim"] is None:
+            self.mmfs_config["attention_dim"] = self.vision_config.hidden_size
+        self.resampler_qk_norm = resampler_qk_norm
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             kwargs.setdefault(key, getattr(self.text_config, key, None))
+        # The tokens DEEM adds to the LLM's vocabulary (their input/output rows train while the LLM is frozen):
+        # <|startofimage|>, the placeholder, and a padding token when it was added after them.
+        if new_token_ids is None:
+            new_token_ids = [image_start_token_id, image_token_id]
+            pad = kwargs.get("pad_token_id")
+            if pad is not None and pad > max(new_token_ids):
+                new_token_ids.append(pad)
+        self.new_token_ids = list(new_token_ids)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate()
 
@@ -301,6 +339,21 @@ class DeemConfig(PretrainedConfig):
                               f"cross_attention_dim ({self.cross_attention_dim})")
             if features["combine"] not in ("concat", "cfg"):
                 checks.append(f"diffusion_features_config.combine must be 'concat' or 'cfg', got {features['combine']!r}")
+        if self.mmfs:
+            mmfs = self.mmfs_config
+            for key in ("language_levels", "decoder_levels"):
+                if not mmfs[key] or any(level not in (0, 1, 2, 3) for level in mmfs[key]):
+                    checks.append(f"mmfs_config.{key} must be ConvNeXt stage indices in 0..3, got {mmfs[key]}")
+            if self.vision_backbone == "diffusion":
+                checks.append("mmfs reads the ConvNeXt's feature maps: use vision_backbone 'convnext' or 'both', "
+                              "or mmfs=False")
+            if mmfs["attention_dim"] % mmfs["num_heads"]:
+                checks.append(f"mmfs_config.attention_dim ({mmfs['attention_dim']}) must be divisible by num_heads "
+                              f"({mmfs['num_heads']})")
+            if mmfs["cross_attention_frequency"] < 1:
+                checks.append("mmfs_config.cross_attention_frequency must be >= 1")
+        if any(not 0 <= t < self.text_config.vocab_size for t in self.new_token_ids):
+            checks.append(f"new_token_ids {self.new_token_ids} must be below vocab_size ({self.text_config.vocab_size})")
         if not 0.0 <= self.condition_dropout_prob < 1.0:
             checks.append(f"condition_dropout_prob must be in [0, 1), got {self.condition_dropout_prob}")
         if checks:
@@ -308,6 +361,20 @@ class DeemConfig(PretrainedConfig):
 
     def vocab_size_needed(self) -> int:
         return max(self.image_start_token_id, self.image_token_id) + 1
+
+    @property
+    def decoder_mmfs(self) -> bool:
+        """Whether the UNet reads image features too (MMFS on the decoder side)."""
+        return bool(self.mmfs and self.with_image_decoder and self.mmfs_config["decoder"])
+
+    def vision_levels(self) -> list[int]:
+        """Every ConvNeXt stage the image side must project: the resampler's and MMFS's."""
+        levels = set(self.vision_config.feature_levels)
+        if self.mmfs:
+            levels |= set(self.mmfs_config["language_levels"])
+            if self.decoder_mmfs:
+                levels |= set(self.mmfs_config["decoder_levels"])
+        return sorted(levels)
 
     @property
     def cross_attention_dim(self) -> int | None:

@@ -36,11 +36,12 @@ def denoising_loss(
     condition: torch.Tensor,
     timesteps: torch.Tensor,
     region_weights: torch.Tensor | None = None,
+    unet_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """Per-sample diffusion MSE (shape `(N,)`), ε- or v-prediction as the scheduler says.
 
     `region_weights` (N, h, w) restricts the error to a region (CSR with a mask): the mean over weighted latent
-    positions, so a small region counts as much as a whole image.
+    positions, so a small region counts as much as a whole image. `unet_kwargs` go to the UNet (MMFS residuals).
     """
     noise = torch.randn_like(latents)
     noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -53,7 +54,8 @@ def denoising_loss(
         target = latents
     else:
         raise ValueError(f"Unsupported prediction_type {prediction_type!r}")
-    prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=condition.to(unet.dtype)).sample
+    prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=condition.to(unet.dtype),
+                      **(unet_kwargs or {})).sample
     error = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(1)
     if region_weights is None:
         return error.flatten(1).mean(1)

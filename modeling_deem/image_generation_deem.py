@@ -15,6 +15,9 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
+from .mmfs_language import image_visibility
+from .mmfs_unet import DecoderImageContext, UNetWithImageFeatures
+
 # The paper's sampling defaults (DESIGN.md section 4): DDPM, 250 steps, guidance 3.5.
 DEFAULT_INFERENCE_STEPS = 250
 DEFAULT_GUIDANCE_SCALE = 3.5
@@ -38,9 +41,16 @@ class DeemImageGenerationMixin:
     @property
     def image_pipeline(self) -> StableDiffusionPipeline:
         """A diffusers pipeline over the model's own modules (no text encoder: conditions come from DEEM)."""
+        return self._image_pipeline()
+
+    def _image_pipeline(self, decoder_context: DecoderImageContext | None = None) -> StableDiffusionPipeline:
+        """With a decoder context, the pipeline's UNet also reads those images through the UNet-side MMFS."""
         self._require_image_decoder("Image generation")
+        unet = self.unet
+        if decoder_context is not None and bool(decoder_context.has_image.any()):
+            unet = UNetWithImageFeatures(self.unet, self.decoder_mmfs, decoder_context)
         pipeline = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=None, tokenizer=None, unet=self.unet, scheduler=self.sampling_scheduler,
+            vae=self.vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=self.sampling_scheduler,
             safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
         )
         pipeline.set_progress_bar_config(disable=True)
@@ -55,9 +65,11 @@ class DeemImageGenerationMixin:
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         show_progress: bool = False,
+        decoder_context: DecoderImageContext | None = None,
     ) -> list[Image.Image] | torch.Tensor:
-        """Condition `(n, 77, cross_attention_dim)` → n images; the learned negative is the unconditional branch."""
-        pipeline = self.image_pipeline
+        """Condition `(n, 77, cross_attention_dim)` → n images; the learned negative is the unconditional branch.
+        `decoder_context`: the image each sample's UNet-side MMFS reads (`decoder_image_context`)."""
+        pipeline = self._image_pipeline(decoder_context)
         pipeline.set_progress_bar_config(disable=not show_progress)
         size = self.config.decoder_image_size
         negative = self.negative_condition.to(condition.dtype).expand_as(condition)
@@ -90,6 +102,18 @@ class DeemImageGenerationMixin:
         Rows must be left-padded (or unpadded) so that each ends at the last column. `image_inputs`: the
         diffusion backbone's inputs for images in the prompt (`diffusion_pixel_values`, `condition_input_ids`, ...).
         """
+        return self._prompt_state(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)[0]
+
+    def _prompt_state(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_masks: torch.Tensor | None = None,
+        **image_inputs: Any,
+    ) -> tuple[torch.Tensor, DecoderImageContext | None]:
+        """The UNet conditions of `prompt_conditions` and what the UNet's MMFS reads: each row's last image in
+        the document being continued (none if it has no image yet)."""
         soi = self.config.image_start_token_id
         if attention_mask is not None and not bool(attention_mask[:, -1].all()):
             raise ValueError("Image generation needs left-padded prompts (every row must end at the last column).")
@@ -99,8 +123,8 @@ class DeemImageGenerationMixin:
             input_ids = torch.cat([input_ids, input_ids.new_full((input_ids.shape[0], 1), soi)], dim=1)
             if attention_mask is not None:
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], 1)
-        outputs, _ = self._run_language_model(input_ids, attention_mask, pixel_values, image_masks, use_cache=False,
-                                              image_inputs=image_inputs)
+        outputs, image_features = self._run_language_model(input_ids, attention_mask, pixel_values, image_masks,
+                                                           use_cache=False, image_inputs=image_inputs)
         hidden = outputs.last_hidden_state
         last = input_ids.shape[1] - 1
         contexts = []
@@ -108,7 +132,15 @@ class DeemImageGenerationMixin:
             start = self.document_start(input_ids[row], attention_mask[row] if attention_mask is not None else None,
                                         last)
             contexts.append(hidden[row, start:].flip(0))
-        return self.condition_from_contexts(contexts)
+        decoder_context = None
+        if image_features is not None and self.config.decoder_mmfs:
+            table, visible = image_visibility(input_ids, 1, self.config.image_token_id, self.config.num_image_tokens,
+                                              self.config.bos_token_id)
+            seen = visible[:, 0] & (table >= 0)
+            last = torch.where(seen, torch.arange(table.shape[1], device=table.device), -1).max(-1).values
+            latest = torch.where(last >= 0, table.gather(1, last.clamp(min=0)[:, None])[:, 0], -1)
+            decoder_context = self.decoder_image_context(image_features, latest)
+        return self.condition_from_contexts(contexts), decoder_context
 
     @torch.no_grad()
     def generate_images(
@@ -126,9 +158,9 @@ class DeemImageGenerationMixin:
     ) -> list[Image.Image] | torch.Tensor:
         """The next image of each prompt (the NIP path): PIL images, or a tensor in [0, 1] with output_type="pt"."""
         self._require_image_decoder("generation_mode='image'")
-        condition = self.prompt_conditions(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)
+        condition, context = self._prompt_state(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)
         return self.sample_images(condition, num_inference_steps, guidance_scale, generator, output_type,
-                                  show_progress)
+                                  show_progress, decoder_context=context)
 
     @torch.no_grad()
     def reconstruct_images(
@@ -142,8 +174,10 @@ class DeemImageGenerationMixin:
     ) -> list[Image.Image] | torch.Tensor:
         """Images rebuilt from the image encoder's own CSR condition: what the encoder's tokens carry."""
         self._require_image_decoder("reconstruct_images")
-        condition = self.get_image_features(pixel_values, image_masks).condition_embeds
-        return self.sample_images(condition, num_inference_steps, guidance_scale, generator, output_type)
+        features = self.get_image_features(pixel_values, image_masks)
+        context = self.decoder_image_context(features, torch.arange(pixel_values.shape[0], device=pixel_values.device))
+        return self.sample_images(features.condition_embeds, num_inference_steps, guidance_scale, generator,
+                                  output_type, decoder_context=context)
 
     def encoder_view(self, images: torch.Tensor) -> torch.Tensor:
         """Generated images in [0, 1] `(n, 3, h, w)` → encoder inputs (resized, CLIP-normalised)."""

@@ -30,6 +30,8 @@ from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CON
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
 from .diffusion_features_deem import DiffusionFeatureExtractor
 from .image_generation_deem import DeemImageGenerationMixin
+from .mmfs_language import DeemLanguageMMFS, ImageMemory, add_mmfs_layers, image_slots, image_visibility
+from .mmfs_unet import DecoderImageContext, DeemDecoderMMFS
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler
 from .vision_deem import DeemVisionTower
@@ -45,9 +47,16 @@ class DeemImageFeatures(BaseModelOutputWithPooling):
         `image_embeds`.
     condition_embeds: `(num_images, num_image_tokens, cross_attention_dim)`, the CSR condition for the UNet
         (None when the model has no image decoder).
+    mmfs_features / decoder_mmfs_features: `(num_images, S, vision_hidden)`, the multi-scale maps the LLM's and
+        the UNet's MMFS read (levels concatenated, row-major); their levels' (h, w) in `mmfs_spatial_shapes` /
+        `decoder_mmfs_spatial_shapes`. None without MMFS.
     """
 
     condition_embeds: torch.FloatTensor | None = None
+    mmfs_features: torch.FloatTensor | None = None
+    decoder_mmfs_features: torch.FloatTensor | None = None
+    mmfs_spatial_shapes: tuple[tuple[int, int], ...] | None = None
+    decoder_mmfs_spatial_shapes: tuple[tuple[int, int], ...] | None = None
 
     @property
     def image_embeds(self) -> torch.FloatTensor:
@@ -91,16 +100,24 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         resampler_hidden = config.resampler_config.hidden_size
         native = []
         if config.vision_backbone in ("convnext", "both"):
-            self.vision_tower = DeemVisionTower(config.vision_config)
+            self.vision_tower = DeemVisionTower(config.vision_config, config.vision_levels())
             native.append(self.vision_tower.native_modules)
         if config.vision_backbone in ("diffusion", "both"):
             features = config.diffusion_features_config
             self.diffusion_text_encoder = CLIPTextModel(CLIPTextConfig(**features["text_encoder_config"]))
             self.diffusion_features = DiffusionFeatureExtractor(features, config.unet_config,
                                                                 config.vision_config.hidden_size)
-        self.visual_resampler = DeemResampler(config.resampler_config, config.num_image_tokens)
+        self.visual_resampler = DeemResampler(config.resampler_config, config.num_image_tokens,
+                                              qk_norm=config.resampler_qk_norm)
         self.image_to_text = nn.Linear(resampler_hidden, text_hidden)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        # The LLM may stay frozen (stage I) while the tokens DEEM adds still learn: a learned vector added to the
+        # <|startofimage|> input embedding and a small output head whose logits add to the new tokens' columns.
+        self.image_start_embedding = nn.Parameter(torch.zeros(text_hidden))
+        self.new_token_head = nn.Linear(text_hidden, len(config.new_token_ids))
+        mmfs_modules = []
+        if config.mmfs:
+            mmfs_modules = add_mmfs_layers(self.language_model, config.vision_config.hidden_size, config.mmfs_config)
         if config.with_image_decoder:
             cross = config.cross_attention_dim
             self.image_to_condition = nn.Linear(resampler_hidden, cross)
@@ -112,9 +129,17 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             self.freeze_image_decoder()
             self.noise_scheduler = build_noise_scheduler(config.scheduler_config)
             native += [self.unet, self.vae]
+            if config.decoder_mmfs:
+                self.decoder_mmfs = DeemDecoderMMFS(config.unet_config, config.vision_config.hidden_size,
+                                                    config.mmfs_config)
+                mmfs_modules.append(self.decoder_mmfs)
         # Modules that keep their own library's initialisation instead of transformers' normal(0, 0.02).
         self._native_init_ids = frozenset(id(m) for part in native for m in part.modules())
         self.post_init()
+        # The authors' MMFS init (zero gates and convolutions, spread offsets). Done here rather than in
+        # _init_weights: the LLM's layers are initialised by the LLM's own _init_weights.
+        for module in mmfs_modules:
+            module.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------- plumbing
     def _init_weights(self, module: nn.Module) -> None:
@@ -125,6 +150,10 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             return
         if isinstance(module, DeemResampler):
             init.normal_(module.queries, std=std)
+        elif module is getattr(self, "new_token_head", None):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+            return
         elif isinstance(module, DeemForConditionalGeneration) and module.config.with_image_decoder:
             init.normal_(module.negative_condition, std=std)
         super()._init_weights(module)
@@ -194,9 +223,12 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         `condition_input_ids` (from `DeemDiffusionProcessor`) feed the UNet feature extractor; its tokens join
         (or replace) the ConvNeXt tokens at the resampler's input. Always returns a `DeemImageFeatures`
         (`return_dict` and other generate bookkeeping are ignored)."""
-        tokens = []
+        tokens, maps = [], {}
         if hasattr(self, "vision_tower"):
-            tokens.append(self.vision_tower(pixel_values, image_masks))
+            resampler_tokens, level_tokens, level_shapes = self.vision_tower.encode(pixel_values, image_masks)
+            tokens.append(resampler_tokens)
+            if self.config.mmfs:
+                maps = self._mmfs_maps(level_tokens, level_shapes)
         elif image_masks is not None:
             raise ValueError("Region masks need the ConvNeXt backbone (vision_backbone 'convnext' or 'both').")
         if hasattr(self, "diffusion_features"):
@@ -214,7 +246,19 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             last_hidden_state=resampled,
             pooler_output=self.image_to_text(resampled),
             condition_embeds=self.image_to_condition(resampled) if self.config.with_image_decoder else None,
+            **maps,
         )
+
+    def _mmfs_maps(self, level_tokens: dict[int, torch.Tensor], level_shapes: dict[int, tuple[int, int]]) -> dict:
+        """The LLM's and the UNet's MMFS inputs from the vision tower's adapted levels."""
+        mmfs = self.config.mmfs_config
+        maps = {}
+        for prefix, key, wanted in (("", "language_levels", True), ("decoder_", "decoder_levels", self.config.decoder_mmfs)):
+            if wanted:
+                levels = mmfs[key]
+                maps[f"{prefix}mmfs_features"] = torch.cat([level_tokens[level] for level in levels], dim=1)
+                maps[f"{prefix}mmfs_spatial_shapes"] = tuple(level_shapes[level] for level in levels)
+        return maps
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, num_images: int
@@ -256,6 +300,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         diffusion_pixel_values: torch.FloatTensor | None = None,
         condition_input_ids: torch.LongTensor | None = None,
         condition_attention_mask: torch.Tensor | None = None,
+        image_layout_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> DeemCausalLMOutputWithPast:
         """Text + images in; logits and the three losses out.
@@ -264,31 +309,34 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         image_masks: optional region masks `(num_images, H, W)` in [0, 1] (mask-aware extractor, region CSR).
         decoder_pixel_values: decoder views `(num_images, 3, 512, 512)` in [-1, 1] of the same images; when given
             (training), NIP and CSR are computed, with each image encoded by the VAE once for both.
-        labels: next-token targets; image placeholder positions are never targets.
+        labels: next-token targets; image placeholders, `<s>` and a `<|startofimage|>` straight after `<s>` are
+            never targets.
         mm_encoder_outputs: precomputed `get_image_features` output (or transformers' `{"image": ...}`), used
             instead of `pixel_values`: `generate` encodes the images once this way, and an image asked several
             questions can be encoded once by the caller.
         diffusion_pixel_values, condition_input_ids, condition_attention_mask: the diffusion backbone's inputs
             (see `get_image_features`).
+        image_layout_ids: the whole rows so far when `input_ids` holds only the newest tokens (cached decoding):
+            MMFS reads from them which earlier images each new token sees. `generate` passes them.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         kwargs.pop("return_dict", None)  # always a DeemCausalLMOutputWithPast
         outputs, image_features = self._run_language_model(
             input_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
-            mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache, image_layout_ids=image_layout_ids,
             image_inputs={"diffusion_pixel_values": diffusion_pixel_values, "condition_input_ids": condition_input_ids,
                           "condition_attention_mask": condition_attention_mask}, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.get_output_embeddings()(hidden[:, keep, :])
+        logits = self.output_logits(hidden[:, keep, :])
 
         ntp_loss = nip_loss = csr_loss = None
         if labels is not None:
             if input_ids is not None:
-                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+                labels = self.ntp_labels(labels, input_ids)
             ntp_loss = self.language_model.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
             )
@@ -314,6 +362,23 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             image_hidden_states=image_features.image_embeds if image_features is not None else None,
         )
 
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits plus the trainable new-token head's on the new tokens' columns."""
+        logits = self.get_output_embeddings()(hidden)
+        ids = torch.tensor(self.config.new_token_ids, device=logits.device)
+        return logits.index_add(-1, ids, self.new_token_head(hidden).to(logits.dtype))
+
+    def ntp_labels(self, labels: torch.LongTensor, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """The original's NTP targets: never an image placeholder, a `<s>`, or a `<|startofimage|>` right after
+        `<s>` (a document that opens with an image says nothing about when to start one)."""
+        ignored = input_ids == self.config.image_token_id
+        bos = self.config.bos_token_id
+        if bos is not None:
+            after_bos = torch.zeros_like(ignored)
+            after_bos[:, 1:] = (input_ids[:, :-1] == bos) & (input_ids[:, 1:] == self.config.image_start_token_id)
+            ignored |= (input_ids == bos) | after_bos
+        return labels.masked_fill(ignored, -100)
+
     def _run_language_model(
         self,
         input_ids: torch.LongTensor | None,
@@ -325,24 +390,36 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         inputs_embeds: torch.FloatTensor | None = None,
         mm_encoder_outputs: DeemImageFeatures | dict[str, DeemImageFeatures] | None = None,
         image_inputs: dict[str, Any] | None = None,
+        image_layout_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> tuple[Any, DeemImageFeatures | None]:
-        """Splice the image tokens into the text embeddings and run the LLM's decoder (no LM head)."""
+        """Splice the image tokens into the text embeddings and run the LLM's decoder (no LM head); MMFS layers
+        read the images' feature maps."""
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        if input_ids is not None:
+            starts = (input_ids == self.config.image_start_token_id).unsqueeze(-1)
+            inputs_embeds = inputs_embeds + starts.to(inputs_embeds.dtype) * self.image_start_embedding.to(
+                inputs_embeds.dtype)
         if isinstance(mm_encoder_outputs, dict) and not isinstance(mm_encoder_outputs, ModelOutput):
             mm_encoder_outputs = mm_encoder_outputs.get("image")
         image_features = mm_encoder_outputs
         if image_features is None and pixel_values is not None:
             image_features = self.get_image_features(pixel_values, image_masks, **(image_inputs or {}))
-        if image_features is not None:
+        # A cached decoding step holds only new text tokens: the images are kept for MMFS, not spliced again.
+        decoding_step = (image_layout_ids is not None and input_ids is not None
+                         and image_layout_ids.shape[1] > input_ids.shape[1])
+        if image_features is not None and not decoding_step:
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features.image_embeds.shape[0])
             image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
-        elif input_ids is not None and _is_prefill(past_key_values):
+        elif image_features is None and input_ids is not None and _is_prefill(past_key_values):
             slots = int((input_ids == self.config.image_token_id).sum()) // self.config.num_image_tokens
             if slots:
                 raise ValueError(f"The text has {slots} image slots but no pixel_values were given.")
+        if image_features is not None and self.config.mmfs:
+            kwargs["image_memory"] = self.image_memory(
+                image_features, input_ids if image_layout_ids is None else image_layout_ids, inputs_embeds.shape[1])
 
         outputs = self.language_model.get_decoder()(
             inputs_embeds=inputs_embeds,
@@ -353,6 +430,50 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             **kwargs,
         )
         return outputs, image_features
+
+    def image_memory(
+        self, image_features: DeemImageFeatures, layout_ids: torch.LongTensor | None, num_queries: int
+    ) -> ImageMemory:
+        """What the LLM's MMFS layers read for the last `num_queries` tokens of `layout_ids`. Without gradients
+        (generation) each layer's projected values are kept on `image_features` and reused at every step."""
+        if image_features.mmfs_features is None:
+            raise ValueError("MMFS needs the images' feature maps (mmfs_features): encode them with this model's "
+                             "get_image_features.")
+        if layout_ids is None:
+            raise ValueError("MMFS needs input_ids (or image_layout_ids) to know which images each token sees.")
+        table, visible = image_visibility(layout_ids, num_queries, self.config.image_token_id,
+                                          self.config.num_image_tokens, self.config.bos_token_id)
+        cache = None
+        if not torch.is_grad_enabled():
+            cache = image_features.__dict__.setdefault("_mmfs_value_cache", {})
+        return ImageMemory(image_features.mmfs_features, list(image_features.mmfs_spatial_shapes), table, visible,
+                           cache)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict:
+        """transformers' inputs, plus what MMFS needs at every cached step: the encoded images (generate drops
+        them after the prefill) and the whole rows so far (`image_layout_ids`)."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        if self.config.mmfs and kwargs.get("mm_encoder_outputs"):
+            inputs.setdefault("mm_encoder_outputs", kwargs["mm_encoder_outputs"])
+            inputs["image_layout_ids"] = input_ids
+        return inputs
+
+    def _expand_multimodal_outputs(
+        self, input_ids: torch.LongTensor, mm_encoder_output: dict, expand_size: int = 1,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> dict:
+        """Beam search / several return sequences: each row's images repeated as a block, every per-image field
+        (LLM tokens, CSR condition, MMFS maps) alike."""
+        features = mm_encoder_output.get("image")
+        if features is None or expand_size == 1 or input_ids is None:
+            return super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size, inputs_embeds)
+        rows, _ = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
+        order = torch.cat([torch.nonzero(rows == row)[:, 0] for row in range(input_ids.shape[0])
+                           for _ in range(expand_size)])
+        for key, value in list(features.items()):
+            if isinstance(value, torch.Tensor) and value.shape[0] == len(rows):
+                features[key] = value[order.to(value.device)]
+        return mm_encoder_output
 
     # ------------------------------------------------------------------------------------ diffusion losses
     def _diffusion_losses(
@@ -379,22 +500,60 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         latents = encode_latents(self.vae, decoder_pixel_values)
         nip_loss = csr_loss = None
         if self.config.csr_loss_weight > 0:
-            csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks)
+            own = torch.arange(num_images, device=latents.device)
+            csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks,
+                                      self.decoder_image_context(image_features, own))
         if self.config.nip_loss_weight > 0:
-            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask)
+            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask, image_features)
         return nip_loss, csr_loss
+
+    def decoder_image_context(
+        self, image_features: DeemImageFeatures | None, indices: torch.LongTensor
+    ) -> DecoderImageContext | None:
+        """What the UNet's MMFS reads for each UNet sample: image `indices[i]` of `image_features` (−1 = none).
+        None when the model has no decoder-side MMFS."""
+        if not self.config.decoder_mmfs or image_features is None:
+            return None
+        features = image_features.decoder_mmfs_features
+        if features is None:
+            raise ValueError("The UNet's MMFS needs decoder_mmfs_features: encode the images with this model.")
+        indices = indices.to(features.device)
+        return self.decoder_mmfs.prepare(features[indices.clamp(min=0)],
+                                         list(image_features.decoder_mmfs_spatial_shapes), indices >= 0)
+
+    def previous_images(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """For each image slot, the image just before it in the same document (−1 for a document's first):
+        what the UNet's MMFS reads when NIP or generation makes that image."""
+        rows, starts = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
+        previous = torch.arange(len(rows), device=rows.device) - 1
+        if not len(rows):
+            return previous
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        bos = self.config.bos_token_id
+        document_start = (torch.where(input_ids == bos, positions, -1).cummax(1).values if bos is not None
+                          else torch.full_like(input_ids, -1))
+        same_row = torch.cat([rows.new_zeros(1, dtype=torch.bool), rows[1:] == rows[:-1]])
+        earlier_start = torch.cat([starts.new_full((1,), -1), starts[:-1]])
+        same_document = earlier_start > document_start[rows, starts]
+        return torch.where(same_row & same_document, previous, -1)
 
     def _sample_timesteps(self, low: int, high: int, count: int, device: torch.device) -> torch.LongTensor:
         return torch.randint(low, high, (count,), device=device, dtype=torch.long)
 
     def _csr_loss(
-        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None
+        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None,
+        decoder_context: DecoderImageContext | None = None,
     ) -> torch.Tensor:
-        """The frozen UNet denoises each image from the image encoder's own tokens; gradient reaches E_V."""
+        """The frozen UNet denoises each image from the image encoder's own tokens (and, with MMFS, its feature
+        maps); gradient reaches E_V."""
         low, high = self.config.csr_timestep_range
         timesteps = self._sample_timesteps(low, high, latents.shape[0], latents.device)
-        per_image = denoising_loss(self.unet, self.noise_scheduler, latents, condition, timesteps, image_masks)
+        per_image = denoising_loss(self.unet, self.noise_scheduler, latents, condition, timesteps, image_masks,
+                                   unet_kwargs=self._decoder_mmfs_kwargs(decoder_context))
         return per_image.mean()
+
+    def _decoder_mmfs_kwargs(self, context: DecoderImageContext | None) -> dict[str, Any]:
+        return self.decoder_mmfs.unet_kwargs(context) if context is not None else {}
 
     def image_contexts(
         self, hidden: torch.FloatTensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
@@ -454,8 +613,10 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         hidden: torch.FloatTensor,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
+        image_features: DeemImageFeatures | None = None,
     ) -> torch.Tensor | None:
-        """Each image (but the first of a document) is denoised from its preceding context; 10 % condition drop."""
+        """Each image (but the first of a document) is denoised from its preceding context (and, with MMFS, the
+        feature maps of the image before it); 10 % condition drop."""
         contexts, kept = self.image_contexts(hidden, input_ids, attention_mask)
         if not kept:
             return None
@@ -466,8 +627,10 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             condition = torch.where(drop[:, None, None], negative, condition)
         low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
         timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
-        kept_latents = latents[torch.tensor(kept, device=latents.device)]
-        return denoising_loss(self.unet, self.noise_scheduler, kept_latents, condition, timesteps).mean()
+        kept = torch.tensor(kept, device=latents.device)
+        context = self.decoder_image_context(image_features, self.previous_images(input_ids)[kept])
+        return denoising_loss(self.unet, self.noise_scheduler, latents[kept], condition, timesteps,
+                              unet_kwargs=self._decoder_mmfs_kwargs(context)).mean()
 
     # --------------------------------------------------------------------------------- building from parts
     @classmethod
@@ -551,7 +714,10 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             **config_kwargs,
         )
         model = cls(config)
-        model.language_model.load_state_dict(lm.state_dict())
+        missing, unexpected = model.language_model.load_state_dict(lm.state_dict(), strict=False)
+        new = [key for key in missing if ".mmfs." not in key]
+        if new or unexpected:  # only the MMFS layers DEEM adds may be absent from the pretrained LM
+            raise ValueError(f"The language model's weights do not fit DEEM's LLM: missing {new}, unexpected {unexpected}.")
         if trunk_state is not None:
             model.vision_tower.trunk.load_state_dict(trunk_state)
         if text_encoder is not None:

@@ -83,6 +83,9 @@ def tiny_config_dict() -> dict[str, Any]:
             "scaling_factor": 0.18215,
         },
         "scheduler_config": dict(SD21_DDPM_SCHEDULER_CONFIG),  # the real noise schedule: CSR draws t in [200, 800)
+        # MMFS at tiny sizes: the LLM's layer 0 of 2 (every 2nd layer), 4 heads, 2 points per level.
+        "mmfs_config": {"cross_attention_frequency": 2, "num_heads": 4, "num_points": 2, "max_images": 8,
+                        "decoder_max_images": 2},
         "image_start_token_id": 4,
         "image_token_id": 5,
         "decoder_image_size": 32,

@@ -51,17 +51,19 @@ class DeemMaskExtractor(nn.Module):
 class DeemVisionTower(nn.Module):
     """Image → resampler input tokens: [pooled cls, mask-pooled region, grid tokens of each chosen level].
 
-    Each chosen ConvNeXt stage is projected to `hidden_size` by its own adapter and gets a fixed 2-D sin-cos
-    position embedding; the cls token is the mean of the deepest chosen level.
+    Each ConvNeXt stage in `levels` (default: the resampler's `feature_levels`; MMFS adds the stages it reads) is
+    projected to `hidden_size` by its own adapter and gets a fixed 2-D sin-cos position embedding; the cls token is
+    the mean of the deepest resampler level.
     """
 
-    def __init__(self, config: DeemVisionConfig) -> None:
+    def __init__(self, config: DeemVisionConfig, levels: list[int] | None = None) -> None:
         super().__init__()
         self.config = config
         self.trunk = build_convnext_trunk(config)
         channels = [info["num_chs"] for info in self.trunk.feature_info]
+        self.levels = sorted(set(levels or config.feature_levels) | set(config.feature_levels))
         self.adapters = nn.ModuleDict(
-            {str(level): nn.Linear(channels[level], config.hidden_size) for level in config.feature_levels}
+            {str(level): nn.Linear(channels[level], config.hidden_size) for level in self.levels}
         )
         self.norm = nn.LayerNorm(config.hidden_size)
         self.mask_extractor = DeemMaskExtractor(config.hidden_size)
@@ -72,6 +74,13 @@ class DeemVisionTower(nn.Module):
         return self.trunk
 
     def forward(self, pixel_values: torch.Tensor, image_masks: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode(pixel_values, image_masks)[0]
+
+    def encode(
+        self, pixel_values: torch.Tensor, image_masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, tuple[int, int]]]:
+        """The resampler's input tokens, every adapted level's map `(N, h*w, hidden)` (with its position
+        embedding, unmasked: what MMFS reads) and each level's (h, w)."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
                 f"pixel_values must be (num_images, 3, height, width), got shape {tuple(pixel_values.shape)}"
@@ -81,15 +90,18 @@ class DeemVisionTower(nn.Module):
                 f"image_masks must be (num_images, height, width) with one mask per image "
                 f"({pixel_values.shape[0]}), got shape {tuple(image_masks.shape)}"
             )
-        levels = sorted(self.config.feature_levels)
         pixel_values = pixel_values.to(next(self.trunk.parameters()).dtype)
-        maps = self.trunk.forward_intermediates(pixel_values, indices=levels,
-                                                intermediates_only=True)
-        grid_tokens, grid_masks = [], []
-        for level, feature_map in zip(levels, maps):
+        maps = self.trunk.forward_intermediates(pixel_values, indices=self.levels, intermediates_only=True)
+        level_tokens, level_shapes = {}, {}
+        for level, feature_map in zip(self.levels, maps):
             _, _, height, width = feature_map.shape
+            level_shapes[level] = (height, width)
             tokens = self.adapters[str(level)](feature_map.flatten(2).transpose(1, 2))
-            tokens = tokens + sincos_2d(height, width, tokens.shape[-1], tokens.device).to(tokens.dtype)
+            level_tokens[level] = tokens + sincos_2d(height, width, tokens.shape[-1], tokens.device).to(tokens.dtype)
+        grid_tokens, grid_masks = [], []
+        for level in sorted(self.config.feature_levels):
+            tokens = level_tokens[level]
+            height, width = level_shapes[level]
             grid_tokens.append(tokens)
             if image_masks is None:
                 grid_masks.append(tokens.new_ones(tokens.shape[:2]))
@@ -99,4 +111,4 @@ class DeemVisionTower(nn.Module):
         cls = grid_tokens[-1].mean(1, keepdim=True)
         grid = torch.cat(grid_tokens, dim=1)
         masked, region = self.mask_extractor(grid, torch.cat(grid_masks, dim=1))
-        return self.norm(torch.cat([cls, region, masked], dim=1))
+        return self.norm(torch.cat([cls, region, masked], dim=1)), level_tokens, level_shapes

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .stages import StageRecipe, apply_stage, get_stage, parameter_group
+from .stages import NO_WEIGHT_DECAY_GROUPS, StageRecipe, apply_stage, get_stage, parameter_group
 
 LOSS_PARTS = ("ntp_loss", "nip_loss", "csr_loss")
 logger = logging.get_logger(__name__)
@@ -83,9 +83,11 @@ class DeemLossMixin:
         for name, parameter in opt_model.named_parameters():
             if not parameter.requires_grad:
                 continue
-            lr = self.stage.learning_rates[parameter_group(name.removeprefix("base_model.model."))]
+            group = parameter_group(name.removeprefix("base_model.model."))
+            lr = self.stage.learning_rates[group]
             lr *= self.args.learning_rate / max(self.stage.learning_rates.values())
-            groups[(lr, self.args.weight_decay if name in decay else 0.0)].append(parameter)
+            decays = name in decay and group not in NO_WEIGHT_DECAY_GROUPS
+            groups[(lr, self.args.weight_decay if decays else 0.0)].append(parameter)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs.pop("lr", None)
         param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]

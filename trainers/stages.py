@@ -17,7 +17,12 @@ PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "condition_side": ("context_proj.", "condition_resampler.", "negative_condition"),
     "language_model": ("language_model.",),
     "image_decoder": ("unet.", "vae.", "diffusion_text_encoder."),
+    "decoder_mmfs": ("decoder_mmfs.",),
+    "new_tokens": ("image_start_embedding", "new_token_head."),
 }
+# MMFS groups (DESIGN.md section 8, the original's optimiser): found by name before the prefixes above, since the
+# LLM's MMFS lives inside `language_model.`. Gates and sampling offsets (LLM and UNet side) get no weight decay.
+NO_WEIGHT_DECAY_GROUPS = ("mmfs_gate", "mmfs_offsets")
 
 
 @dataclass(frozen=True)
@@ -66,21 +71,28 @@ class StageRecipe:
         return TrainingArguments(**values)  # an unknown override is a TypeError, not silently dropped
 
 
+# What MMFS and the new-token rows learn at in each stage: the original's stage I (1e-4, offsets 1e-5) and its
+# stage II (MMFS, gate and offsets 5e-6; the rest new at 1e-5).
+_MMFS_STAGE_ONE = {"mmfs": 1e-4, "mmfs_gate": 1e-4, "mmfs_offsets": 1e-5, "decoder_mmfs": 1e-4, "new_tokens": 1e-4}
+_MMFS_SFT = {"mmfs": 5e-6, "mmfs_gate": 5e-6, "mmfs_offsets": 5e-6, "new_tokens": 1e-5}
+
 STAGES: dict[str, StageRecipe] = {
     "stage1": StageRecipe(
         name="stage1",
-        learning_rates={"vision_trunk": 2e-5, "mask_extractor": 1e-4, "image_side": 1e-4, "condition_side": 1e-4},
+        learning_rates={"vision_trunk": 2e-5, "mask_extractor": 1e-4, "image_side": 1e-4, "condition_side": 1e-4,
+                        **_MMFS_STAGE_ONE},
         nip_loss_weight=5.0, csr_loss_weight=5.0, image_size=256,
         adam_betas=(0.9, 0.995), adam_epsilon=1e-6, warmup_steps=1000,
     ),
     "stage2": StageRecipe(
         name="stage2",
-        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "condition_side": 1e-5, "diffusion_lora": 1e-5},
+        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "condition_side": 1e-5, "diffusion_lora": 1e-5,
+                        "decoder_mmfs": 1e-5, **_MMFS_SFT},
         nip_loss_weight=0.0, csr_loss_weight=5.0, image_size=448, per_device_train_batch_size=16,
     ),
     "stage3": StageRecipe(
         name="stage3",
-        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "mask_extractor": 1e-5},
+        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "mask_extractor": 1e-5, **_MMFS_SFT},
         nip_loss_weight=0.0, csr_loss_weight=0.0, image_size=448, with_image_decoder=False,
         per_device_train_batch_size=2,
     ),
@@ -97,9 +109,15 @@ def get_stage(stage: str | StageRecipe) -> StageRecipe:
 
 def parameter_group(name: str) -> str:
     """The group a parameter belongs to (by its name in `DeemForConditionalGeneration`). LoRA adapters on the
-    UNet (the diffusion backbone's cross-attention, seed paper 003) are a group of their own, "diffusion_lora"."""
+    UNet (the diffusion backbone's cross-attention, seed paper 003) are a group of their own, "diffusion_lora";
+    the LLM's MMFS is "mmfs" (its gate "mmfs_gate"), the UNet's "decoder_mmfs", and both sides' sampling offsets
+    "mmfs_offsets"."""
     if name.startswith("unet.") and "lora_" in name:
         return "diffusion_lora"
+    if "sampling_offsets." in name and (".mmfs." in name or name.startswith("decoder_mmfs.")):
+        return "mmfs_offsets"
+    if name.startswith("language_model.") and ".mmfs." in name:
+        return "mmfs_gate" if name.endswith(".mmfs.gate") else "mmfs"
     for group, prefixes in PARAMETER_GROUPS.items():
         if name.startswith(prefixes):
             return group
