@@ -225,7 +225,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         (`return_dict` and other generate bookkeeping are ignored)."""
         tokens, maps = [], {}
         if hasattr(self, "vision_tower"):
-            resampler_tokens, level_tokens, level_shapes = self.vision_tower.encode(pixel_values, image_masks)
+            resampler_tokens, level_tokens, level_shapes = self.vision_tower(pixel_values, image_masks)
             tokens.append(resampler_tokens)
             if self.config.mmfs:
                 maps = self._mmfs_maps(level_tokens, level_shapes)

@@ -73,10 +73,7 @@ class DeemVisionTower(nn.Module):
         """The part whose initialisation is timm's own (kept when transformers initialises the rest)."""
         return self.trunk
 
-    def forward(self, pixel_values: torch.Tensor, image_masks: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode(pixel_values, image_masks)[0]
-
-    def encode(
+    def forward(
         self, pixel_values: torch.Tensor, image_masks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, tuple[int, int]]]:
         """The resampler's input tokens, every adapted level's map `(N, h*w, hidden)` (with its position
