@@ -30,7 +30,7 @@ from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CON
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
 from .diffusion_features_deem import DiffusionFeatureExtractor
 from .image_generation_deem import DeemImageGenerationMixin
-from .mmfs_language import DeemLanguageMMFS, ImageMemory, add_mmfs_layers, image_slots, image_visibility
+from .mmfs_language import ImageMemory, add_mmfs_layers, image_slots, image_visibility
 from .mmfs_unet import DecoderImageContext, DeemDecoderMMFS
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler

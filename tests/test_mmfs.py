@@ -279,3 +279,17 @@ def test_mmfs_switch_and_bad_configs():
         model = DeemForConditionalGeneration(tiny_config())
         ids = torch.tensor([[BOS] + image_slot() * 9])
         model(input_ids=ids, pixel_values=torch.randn(9, 3, 64, 64))
+
+
+def test_visual_resampler_normalises_queries_and_keys(tiny_model):
+    from modeling_deem.resampler_deem import QKNormQFormerAttention
+
+    visual = [m for m in tiny_model.visual_resampler.modules() if isinstance(m, QKNormQFormerAttention)]
+    layers = tiny_model.config.resampler_config.num_hidden_layers
+    assert len(visual) == 2 * layers  # self- and cross-attention (cross-attention in every layer of the tiny one)
+    assert not any(isinstance(m, QKNormQFormerAttention) for m in tiny_model.condition_resampler.modules())
+    tokens = torch.randn(2, 10, 32)
+    before = tiny_model.visual_resampler(tokens)
+    with torch.no_grad():
+        visual[0].query_norm.weight.mul_(3.0)
+    assert not torch.allclose(before, tiny_model.visual_resampler(tokens))
