@@ -136,9 +136,7 @@ class DeemImageGenerationMixin:
         if image_features is not None and self.config.decoder_mmfs:
             table, visible = image_visibility(input_ids, 1, self.config.image_token_id, self.config.num_image_tokens,
                                               self.config.bos_token_id)
-            seen = visible[:, 0] & (table >= 0)
-            last = torch.where(seen, torch.arange(table.shape[1], device=table.device), -1).max(-1).values
-            latest = torch.where(last >= 0, table.gather(1, last.clamp(min=0)[:, None])[:, 0], -1)
+            latest = torch.where(visible[:, 0], table, -1).max(-1).values  # image indices grow along a row
             decoder_context = self.decoder_image_context(image_features, latest)
         return self.condition_from_contexts(contexts), decoder_context
 

@@ -90,8 +90,8 @@ class MultiScaleImageAttention(nn.Module):
         """queries `(B, Q, D)`; values `(B, K, S, heads, d)`: each row's K images (`project_features`, gathered);
         `spatial_shapes`: one image's L level shapes (h, w); visible `(B, Q, K)` bool, images in order of appearance;
         reference_points `(Q, 2)` or `(B, Q, 2)` as (x, y) in [0, 1]; offset_scale `(2,)` or `(Q, 2)`: offsets are
-        divided by it (in units of a grid of that size); query_position: added to the normed queries. Returns `(B, Q, D)`; rows of a query that sees no image are
-        the sink's (zero) output."""
+        divided by it (in units of a grid of that size); query_position: added to the normed queries. Returns
+        `(B, Q, D)`. A query that sees no image reads nothing meaningful: callers leave such queries unchanged."""
         batch, num_queries, _ = queries.shape
         num_images = visible.shape[-1]
         if num_images > self.max_images:
@@ -123,10 +123,3 @@ class MultiScaleImageAttention(nn.Module):
             locations.to(values.dtype).contiguous(), weights.contiguous(), im2col_step=64,
         )
         return self.output_proj(sampled.to(self.output_proj.weight.dtype))
-
-
-def gather_row_images(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Per-image values `(N, ...)` and a `(B, K)` table of image indices (−1 = none) → `(B, K, ...)` (zeros for
-    none), so each row carries only its own images."""
-    gathered = values[table.clamp(min=0)]
-    return gathered * (table >= 0).view(*table.shape, *([1] * (values.ndim - 1))).to(gathered.dtype)

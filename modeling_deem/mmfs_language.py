@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from .mmfs_attention import MultiScaleImageAttention, gather_row_images
+from .mmfs_attention import MultiScaleImageAttention
 
 _LLAMA_LAYOUT = frozenset({"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"})
 
@@ -46,6 +46,14 @@ def image_slots(layout_ids: torch.LongTensor, image_token_id: int, per_image: in
     return first[:, 0], first[:, 1]
 
 
+def document_starts(layout_ids: torch.LongTensor, bos_token_id: int | None) -> torch.LongTensor:
+    """`(B, T)`: the position of each token's nearest `<s>` at or before it (−1 if none): where its document starts."""
+    positions = torch.arange(layout_ids.shape[1], device=layout_ids.device)
+    if bos_token_id is None:
+        return torch.full_like(layout_ids, -1)
+    return torch.where(layout_ids == bos_token_id, positions, -1).cummax(1).values
+
+
 def image_visibility(
     layout_ids: torch.LongTensor, num_queries: int, image_token_id: int, per_image: int, bos_token_id: int | None
 ) -> tuple[torch.LongTensor, torch.BoolTensor]:
@@ -62,15 +70,9 @@ def image_visibility(
     table[rows, slot] = torch.arange(len(rows), device=rows.device)
     start_table = torch.full((batch, per_row), length, dtype=torch.long, device=layout_ids.device)
     start_table[rows, slot] = starts
-    positions = torch.arange(length, device=layout_ids.device)
-    if bos_token_id is None:
-        document_start = torch.full_like(layout_ids, -1)
-    else:
-        document_start = torch.where(layout_ids == bos_token_id, positions, -1).cummax(1).values
-    window = positions[length - num_queries:]
-    visible = (start_table[:, None, :] <= window[None, :, None]) & (
-        start_table[:, None, :] > document_start[:, length - num_queries:, None]
-    )
+    window = torch.arange(length - num_queries, length, device=layout_ids.device)
+    document_start = document_starts(layout_ids, bos_token_id)[:, length - num_queries:]
+    visible = (start_table[:, None, :] <= window[None, :, None]) & (start_table[:, None, :] > document_start[..., None])
     return table, visible
 
 
@@ -101,7 +103,8 @@ class DeemLanguageMMFS(nn.Module):
             values = self.attention.project_features(memory.features)
             if memory.value_cache is not None:
                 memory.value_cache[key] = values
-        row_values = gather_row_images(values, memory.table)
+        # Each row's own images; a row's empty slots (−1) point at image 0 but are never visible (weight 0).
+        row_values = values[memory.table.clamp(min=0)]
         num_queries = hidden_states.shape[1]
         centre = hidden_states.new_full((num_queries, 2), 0.5)
         scale = torch.full((2,), self.offset_base, dtype=hidden_states.dtype, device=hidden_states.device)
@@ -112,13 +115,15 @@ class DeemLanguageMMFS(nn.Module):
 
 class MMFSDecoderLayerMixin:
     """Mixed in front of an LLM decoder-layer class; the layer holds its `mmfs` module and reads `image_memory`
-    from the keyword arguments the decoder passes to every layer."""
+    from the keyword arguments the decoder passes to every layer. `mmfs_inside` (set when the layer is made):
+    the LLaMA layout, MMFS between self-attention and the MLP; otherwise after the whole layer."""
 
     mmfs: DeemLanguageMMFS
+    mmfs_inside: bool
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, image_memory: ImageMemory | None = None,
                 **kwargs: Any) -> Any:
-        if set(self._modules) - {"mmfs"} != _LLAMA_LAYOUT:
+        if not self.mmfs_inside:
             output = super().forward(hidden_states, *args, **kwargs)
             if isinstance(output, tuple):
                 return (self.mmfs(output[0], image_memory), *output[1:])
@@ -159,10 +164,12 @@ def add_mmfs_layers(language_model: nn.Module, feature_dim: int, mmfs_config: di
     added = []
     for index in range(0, len(layers), mmfs_config["cross_attention_frequency"]):
         layer = layers[index]
-        upgraded = mmfs_layer_class(type(layer)).__new__(mmfs_layer_class(type(layer)))
+        cls = mmfs_layer_class(type(layer))
+        upgraded = cls.__new__(cls)
         upgraded.__dict__.update(layer.__dict__)
         for slot in ("_parameters", "_buffers", "_modules"):
             upgraded.__dict__[slot] = dict(layer.__dict__[slot])
+        upgraded.mmfs_inside = set(layer._modules) == _LLAMA_LAYOUT
         upgraded.mmfs = DeemLanguageMMFS(text_config.hidden_size, feature_dim, mmfs_config, eps)
         layers[index] = upgraded
         added.append(upgraded.mmfs)

@@ -30,7 +30,7 @@ from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CON
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
 from .diffusion_features_deem import DiffusionFeatureExtractor
 from .image_generation_deem import DeemImageGenerationMixin
-from .mmfs_language import ImageMemory, add_mmfs_layers, image_slots, image_visibility
+from .mmfs_language import ImageMemory, add_mmfs_layers, document_starts, image_slots, image_visibility
 from .mmfs_unet import DecoderImageContext, DeemDecoderMMFS
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler
@@ -528,10 +528,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         previous = torch.arange(len(rows), device=rows.device) - 1
         if not len(rows):
             return previous
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        bos = self.config.bos_token_id
-        document_start = (torch.where(input_ids == bos, positions, -1).cummax(1).values if bos is not None
-                          else torch.full_like(input_ids, -1))
+        document_start = document_starts(input_ids, self.config.bos_token_id)
         same_row = torch.cat([rows.new_zeros(1, dtype=torch.bool), rows[1:] == rows[:-1]])
         earlier_start = torch.cat([starts.new_full((1,), -1), starts[:-1]])
         same_document = earlier_start > document_start[rows, starts]
