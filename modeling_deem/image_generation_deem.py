@@ -72,7 +72,7 @@ class DeemImageGenerationMixin:
         pipeline = self._image_pipeline(decoder_context)
         pipeline.set_progress_bar_config(disable=not show_progress)
         size = self.config.decoder_image_size
-        negative = self.negative_condition.to(condition.dtype).expand_as(condition)
+        negative = self.negative_condition.weight.to(condition.dtype).expand_as(condition)
         result = pipeline(
             prompt_embeds=condition, negative_prompt_embeds=negative, height=size, width=size,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +25,9 @@ from transformers import (
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
+from .atomic_save import atomic_directory
 from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
 from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
 from .diffusion_features_deem import DiffusionFeatureExtractor
@@ -35,6 +37,8 @@ from .mmfs_unet import DecoderImageContext, DeemDecoderMMFS
 from .positional_embeddings import sincos_1d
 from .resampler_deem import DeemResampler
 from .vision_deem import DeemVisionTower
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -113,7 +117,8 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         # The LLM may stay frozen (stage I) while the tokens DEEM adds still learn: a learned vector added to the
         # <|startofimage|> input embedding and a small output head whose logits add to the new tokens' columns.
-        self.image_start_embedding = nn.Parameter(torch.zeros(text_hidden))
+        # Modules, not bare parameters, so peft's `modules_to_save` can keep them in a LoRA run's adapter.
+        self.image_start_embedding = nn.Embedding(1, text_hidden)
         self.new_token_head = nn.Linear(text_hidden, len(config.new_token_ids))
         mmfs_modules = []
         if config.mmfs:
@@ -123,7 +128,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             self.image_to_condition = nn.Linear(resampler_hidden, cross)
             self.context_proj = nn.Linear(text_hidden, text_hidden)
             self.condition_resampler = DeemResampler(config.condition_resampler_config, config.num_image_tokens)
-            self.negative_condition = nn.Parameter(torch.zeros(1, config.num_image_tokens, cross))
+            self.negative_condition = nn.Embedding(config.num_image_tokens, cross)  # the learned null condition
             self.unet = build_unet(config.unet_config)
             self.vae = build_vae(config.vae_config)
             self.freeze_image_decoder()
@@ -133,6 +138,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                 self.decoder_mmfs = DeemDecoderMMFS(config.unet_config, config.vision_config.hidden_size,
                                                     config.mmfs_config)
                 mmfs_modules.append(self.decoder_mmfs)
+        self.processor: Any = None  # saved with the model when set (see save_pretrained)
         # Modules that keep their own library's initialisation instead of transformers' normal(0, 0.02).
         self._native_init_ids = frozenset(id(m) for part in native for m in part.modules())
         self.post_init()
@@ -154,8 +160,9 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             init.zeros_(module.weight)
             init.zeros_(module.bias)
             return
-        elif isinstance(module, DeemForConditionalGeneration) and module.config.with_image_decoder:
-            init.normal_(module.negative_condition, std=std)
+        elif module is getattr(self, "image_start_embedding", None):
+            init.zeros_(module.weight)
+            return
         super()._init_weights(module)
 
     def freeze_image_decoder(self) -> None:
@@ -170,10 +177,14 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> DeemForConditionalGeneration:
-        """As `PreTrainedModel.from_pretrained`; loading puts fresh parameters in, so the decoder is re-frozen."""
+        """As `PreTrainedModel.from_pretrained`; loading puts fresh parameters in, so the decoder is re-frozen.
+        A local folder's processor, when it has one, becomes `model.processor` (see `save_pretrained`)."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.freeze_image_decoder()
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if source is not None and (Path(source) / "processor_config.json").is_file():
+            model.processor = _load_processor(Path(source))
         return loaded
 
     def train(self, mode: bool = True) -> DeemForConditionalGeneration:
@@ -201,11 +212,30 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             raise ValueError(f"{what} needs the diffusion image decoder, but this model has with_image_decoder=False.")
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Also maps `AutoModel` to this class, so both auto classes load the folder with remote code."""
+        """`PreTrainedModel.save_pretrained`, made self-contained and atomic.
+
+        Self-contained: the model's processor (`model.processor`: the one `from_pretrained` found in its folder,
+        or one you set) is saved with it, so the folder feeds `pipeline` and `python -m evaluation` as it is;
+        without one, a warning says so. Atomic: the save is written beside the folder and swapped in (see
+        `atomic_save`), so a kill leaves the old save or the new one, never a mix of their shards. Also maps
+        `AutoModel` to this class, so both auto classes load the folder with remote code."""
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.setdefault("AutoModel", f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}")
         self.config.auto_map = auto_map
-        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            super().save_pretrained(save_directory, *args, **kwargs)  # writes nothing; joins collective saves
+            return
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", Path(save_directory).name)  # not the staging folder's name
+        processor = getattr(self, "processor", None)
+        with atomic_directory(save_directory) as staging:
+            super().save_pretrained(staging, *args, **kwargs)
+            if processor is not None:
+                processor.save_pretrained(staging)
+        if processor is None:
+            logger.warning_once(
+                "Saved without a processor: pipeline(...) and `python -m evaluation` need one in the folder. "
+                "Set `model.processor = processor` before saving (or save the processor into the folder).")
 
     # ------------------------------------------------------------------------------------------ image side
     def get_image_features(
@@ -340,6 +370,13 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             ntp_loss = self.language_model.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
             )
+        if (decoder_pixel_values is None and self.training and labels is not None and image_features is not None
+                and self.config.with_image_decoder and (self.config.nip_loss_weight or self.config.csr_loss_weight)):
+            logger.warning_once(
+                f"Training with images but without decoder_pixel_values: only NTP is computed, although "
+                f"nip_loss_weight={self.config.nip_loss_weight} and csr_loss_weight={self.config.csr_loss_weight}. "
+                "Give decoder views (processor(..., return_decoder_views=True) / DeemDataCollator(decoder_views="
+                "True)), or set both weights to 0 for NTP-only training.")
         if decoder_pixel_values is not None:
             nip_loss, csr_loss = self._diffusion_losses(
                 decoder_pixel_values, image_features, image_masks, hidden, input_ids, attention_mask
@@ -399,7 +436,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if input_ids is not None:
             starts = (input_ids == self.config.image_start_token_id).unsqueeze(-1)
-            inputs_embeds = inputs_embeds + starts.to(inputs_embeds.dtype) * self.image_start_embedding.to(
+            inputs_embeds = inputs_embeds + starts.to(inputs_embeds.dtype) * self.image_start_embedding.weight[0].to(
                 inputs_embeds.dtype)
         if isinstance(mm_encoder_outputs, dict) and not isinstance(mm_encoder_outputs, ModelOutput):
             mm_encoder_outputs = mm_encoder_outputs.get("image")
@@ -620,7 +657,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         condition = self.condition_from_contexts(contexts)
         if self.training and self.config.condition_dropout_prob > 0:
             drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob
-            negative = self.negative_condition.to(condition.dtype).expand_as(condition)
+            negative = self.negative_condition.weight.to(condition.dtype).expand_as(condition)
             condition = torch.where(drop[:, None, None], negative, condition)
         low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
         timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
@@ -722,6 +759,22 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         model.unet.load_state_dict(unet.state_dict())
         model.vae.load_state_dict(vae.state_dict())
         return model.to(dtype) if dtype is not None else model
+
+
+def _load_processor(folder: Path) -> Any:
+    """The processor saved in a model folder: the installed package's `DeemProcessor`, or, when this file runs as
+    remote code, the folder's own processor code (the same repository whose model code is running)."""
+    try:
+        if __package__ == "modeling_deem":
+            from processing import DeemProcessor
+
+            return DeemProcessor.from_pretrained(folder)
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    except (OSError, ValueError, ImportError) as error:
+        logger.warning(f"Could not load the processor saved in {folder} ({error}); model.processor is None.")
+        return None
 
 
 def _is_2d(mask: torch.Tensor | None) -> bool:

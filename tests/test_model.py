@@ -135,7 +135,7 @@ def test_condition_dropout_uses_the_learned_negative(tiny_model, interleaved_bat
     tiny_model.config.condition_dropout_prob = 0.999
     tiny_model.train()
     tiny_model(**interleaved_batch).nip_loss.backward()
-    assert tiny_model.negative_condition.grad is not None and tiny_model.negative_condition.grad.abs().sum() > 0
+    assert tiny_model.negative_condition.weight.grad is not None and tiny_model.negative_condition.weight.grad.abs().sum() > 0
     assert all(p.grad is None or not p.grad.any() for p in tiny_model.condition_resampler.parameters())
 
 

@@ -25,11 +25,11 @@ def test_stage_one_gives_startofimage_a_gradient_and_learns_when_to_start_an_ima
     model = DeemForConditionalGeneration(tiny_config())
     apply_stage(model, "stage1")
     assert not any(p.requires_grad for n, p in model.language_model.named_parameters() if ".mmfs." not in n)
-    assert model.image_start_embedding.requires_grad and model.new_token_head.weight.requires_grad
+    assert model.image_start_embedding.weight.requires_grad and model.new_token_head.weight.requires_grad
     batch = caption_then_image()
     model.train()
     model(**batch).ntp_loss.backward()
-    assert model.image_start_embedding.grad.abs().sum() > 0
+    assert model.image_start_embedding.weight.grad.abs().sum() > 0
     assert model.new_token_head.weight.grad.abs().sum() > 0
     assert model.get_input_embeddings().weight.grad is None  # the LLM itself stays frozen
 

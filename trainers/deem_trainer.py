@@ -10,7 +10,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .stages import NO_WEIGHT_DECAY_GROUPS, StageRecipe, apply_stage, get_stage, parameter_group
+from .stages import NO_WEIGHT_DECAY_GROUPS, StageRecipe, apply_stage, get_stage, parameter_group, plain_parameter_name
 
 LOSS_PARTS = ("ntp_loss", "nip_loss", "csr_loss")
 logger = logging.get_logger(__name__)
@@ -37,7 +37,15 @@ class DeemLossMixin:
         if training_args is not None and getattr(training_args.accelerator_config, "dispatch_batches", None) is None:
             # Per-image tensors are not batch-major: accelerate's dispatcher (iterable datasets) would slice them.
             training_args.accelerator_config.dispatch_batches = False
+        if training_args is not None and 1 <= training_args.warmup_steps and 0 < training_args.max_steps <= \
+                training_args.warmup_steps:
+            logger.warning(f"warmup_steps={training_args.warmup_steps:g} is not shorter than max_steps="
+                           f"{training_args.max_steps}: the learning rate never reaches {training_args.learning_rate:g}."
+                           " (StageRecipe.training_arguments fits the warm-up to the run.)")
         super().__init__(*args, **kwargs)
+        deem = getattr(self.model, "get_base_model", lambda: self.model)()
+        if self.processing_class is not None and getattr(deem, "processor", False) is None:
+            deem.processor = self.processing_class  # model.save_pretrained then writes it too
         self.add_callback(_CollatorEpoch(self.data_collator))
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
@@ -83,7 +91,7 @@ class DeemLossMixin:
         for name, parameter in opt_model.named_parameters():
             if not parameter.requires_grad:
                 continue
-            group = parameter_group(name.removeprefix("base_model.model."))
+            group = parameter_group(plain_parameter_name(name))
             lr = self.stage.learning_rates[group]
             lr *= self.args.learning_rate / max(self.stage.learning_rates.values())
             decays = name in decay and group not in NO_WEIGHT_DECAY_GROUPS

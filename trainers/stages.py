@@ -7,6 +7,9 @@ from typing import Any
 
 from torch import nn
 from transformers import TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # Parameter groups by name prefix. "vision_trunk" is the pretrained ConvNeXt; the rest of the image side is new.
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -14,11 +17,11 @@ PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "mask_extractor": ("vision_tower.mask_extractor.",),
     "image_side": ("vision_tower.adapters.", "vision_tower.norm.", "visual_resampler.", "image_to_text.",
                    "image_to_condition.", "diffusion_features."),
-    "condition_side": ("context_proj.", "condition_resampler.", "negative_condition"),
+    "condition_side": ("context_proj.", "condition_resampler.", "negative_condition."),
     "language_model": ("language_model.",),
     "image_decoder": ("unet.", "vae.", "diffusion_text_encoder."),
     "decoder_mmfs": ("decoder_mmfs.",),
-    "new_tokens": ("image_start_embedding", "new_token_head."),
+    "new_tokens": ("image_start_embedding.", "new_token_head."),
 }
 # MMFS groups (DESIGN.md section 8, the original's optimiser): found by name before the prefixes above, since the
 # LLM's MMFS lives inside `language_model.`. Gates and sampling offsets (LLM and UNet side) get no weight decay.
@@ -68,7 +71,20 @@ class StageRecipe:
             "accelerator_config": {"dispatch_batches": False},
         }
         values.update(overrides)
+        values["warmup_steps"] = self.fitted_warmup(values["warmup_steps"], values["max_steps"])
         return TrainingArguments(**values)  # an unknown override is a TypeError, not silently dropped
+
+    def fitted_warmup(self, warmup_steps: float, max_steps: int) -> float:
+        """The warm-up for a run of `max_steps`. A warm-up as long as the run never reaches the learning rate, so
+        a run shorter than its warm-up keeps the recipe's warm-up fraction instead (stage I: 1,000 of 10,000
+        steps, 10 %; a 20-step run warms up for 2), with a warning. A fraction (< 1) is left as it is."""
+        if warmup_steps < 1 or max_steps is None or max_steps <= 0 or warmup_steps < max_steps:
+            return warmup_steps
+        fitted = max(1, round(max_steps * self.warmup_steps / self.max_steps))
+        logger.warning(f"{self.name}: warmup_steps={warmup_steps:g} is not shorter than max_steps={max_steps}, so "
+                       f"the learning rate would never reach its peak; warming up for {fitted} steps instead (the "
+                       f"recipe's {self.warmup_steps / self.max_steps:.0%} of the run).")
+        return fitted
 
 
 # What MMFS and the new-token rows learn at in each stage: the original's stage I (1e-4, offsets 1e-5) and its
@@ -133,16 +149,27 @@ def apply_stage(model: nn.Module, stage: str | StageRecipe) -> StageRecipe:
         raise ValueError(f"{recipe.name} needs the diffusion decoder (CSR), but the model was built without it.")
     with_lora = hasattr(model, "peft_config")
     for name, parameter in model.named_parameters():
-        group = parameter_group(_strip_peft(name))
+        group = parameter_group(plain_parameter_name(name))
         trainable = group in recipe.learning_rates
         if with_lora and group == "language_model":
             trainable = trainable and "lora_" in name  # LoRA trains the adapters, never the LLM's own weights
+        if PEFT_ORIGINAL in name:
+            trainable = False  # peft's `modules_to_save` trains (and saves) its copy; the original stays as loaded
         parameter.requires_grad_(trainable)
     model.config.nip_loss_weight = recipe.nip_loss_weight
     model.config.csr_loss_weight = recipe.csr_loss_weight
     return recipe
 
 
-def _strip_peft(name: str) -> str:
-    """`base_model.model.language_model...` (a PEFT-wrapped DEEM) → `language_model...`."""
-    return name.removeprefix("base_model.model.")
+PEFT_ORIGINAL = ".original_module."
+
+
+def plain_parameter_name(name: str) -> str:
+    """A PEFT-wrapped DEEM's parameter name → the plain model's: `base_model.model.visual_resampler.
+    modules_to_save.default.queries` (or `.original_module.`) → `visual_resampler.queries`."""
+    name = name.removeprefix("base_model.model.")
+    for wrapped in (".modules_to_save.", PEFT_ORIGINAL):
+        if wrapped in name:
+            head, _, tail = name.partition(wrapped)
+            name = f"{head}.{tail.split('.', 1)[1]}" if wrapped == ".modules_to_save." else f"{head}.{tail}"
+    return name

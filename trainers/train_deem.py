@@ -29,6 +29,7 @@ from processing import DeemProcessor
 from .collator import DeemDataCollator
 from .data_builders import image_text_pair_row, llava_conversation_row
 from .deem_trainer import DeemTrainer
+from .lora import lora_on_language_model
 from .packing import DeemPackingCollator
 from .stages import STAGES
 from .synthetic_data import make_shapes_dataset
@@ -118,18 +119,17 @@ def _image_opener(root: str | None):
 def build_model(args: ModelArguments, stage: str) -> DeemForConditionalGeneration:
     with_decoder = STAGES[stage].with_image_decoder
     if args.model_name_or_path:
-        model = DeemForConditionalGeneration.from_pretrained(args.model_name_or_path, with_image_decoder=with_decoder)
+        # A local folder by its absolute path: a LoRA output records it as its base, and must load from anywhere.
+        source = args.model_name_or_path
+        source = str(Path(source).resolve()) if Path(source).is_dir() else source
+        model = DeemForConditionalGeneration.from_pretrained(source, with_image_decoder=with_decoder)
     elif args.config_name:
         model = DeemForConditionalGeneration(DeemConfig.from_pretrained(args.config_name,
                                                                         with_image_decoder=with_decoder))
     else:
         raise ValueError("Give --model_name_or_path (continue training) or --config_name (a new model).")
     if args.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha,
-                          target_modules=r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj)")
-        model = get_peft_model(model, lora)
+        model = lora_on_language_model(model, stage, r=args.lora_r, alpha=args.lora_alpha)
     return model
 
 
@@ -154,13 +154,13 @@ def main(argv: list[str] | None = None) -> DeemTrainer:
     collator = DeemDataCollator(processor, decoder_views=recipe.with_image_decoder, seed=training_args.seed)
     if data_args.packing_max_length:
         collator = DeemPackingCollator(collator, max_length=data_args.packing_max_length)
+    # The processor goes into every checkpoint and the output folder (Trainer's processing_class), so each of
+    # them feeds pipeline(...) and `python -m evaluation` as it is.
     trainer = DeemTrainer(model=model, args=training_args, train_dataset=load_rows(data_args, training_args.seed),
-                          data_collator=collator, stage=recipe)
+                          data_collator=collator, stage=recipe, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the log history with every loss part
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
     return trainer
 
 
