@@ -3,9 +3,11 @@
     python -m evaluation pope --model outputs/demo/checkpoint --data pope.jsonl [--limit N] [--batch-size B]
     python -m evaluation build-robustvqa --source A --images imagenet-a/ --output robustvqa_a.jsonl
 
-Prints a table like the paper's Table 1, writes per-sample predictions + summary as JSON and a bar chart of all
-runs of the benchmark under --results-dir. Several --model flags evaluate several models side by side. Under
-`accelerate launch`, each process answers a shard and the main process scores.
+Checks every row of the data (labels, options, pairs, images) before loading a model; prints a table like the
+paper's Table 1 (skips counted per reason), writes per-sample predictions + summary as JSON and a bar chart of all
+runs on the same data under --results-dir/<benchmark>/<data key>/ (see evaluation/result_keys.py). Several --model
+flags evaluate several models side by side. Under `accelerate launch`, each process answers a shard and the main
+process scores.
 """
 
 from __future__ import annotations
@@ -38,22 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
-    from .answering import ImageQuestionAnswerer
-    from .benchmarks import evaluate_benchmark
-    from .report import bar_chart, load_summaries, save_result, table
+    from . import answering
+    from .benchmarks import load_benchmark, run_benchmark
+    from .report import bar_chart, load_summaries, results_folder, save_result, table
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    loaded = load_benchmark(args.benchmark, args.data, args.image_root, args.limit)  # all rows checked first
     max_new_tokens = args.max_new_tokens or (30 if args.benchmark == "caption" else 8)
     for model in args.model:
-        answerer = ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)
-        result = evaluate_benchmark(args.benchmark, answerer, args.data, args.image_root, args.limit, model)
+        answerer = answering.ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)
+        result = run_benchmark(loaded, answerer, model)
         if state.is_main_process:
             print(f"wrote {save_result(result, args.results_dir)} ({state.num_processes} process(es))")
     if state.is_main_process:
-        summaries = load_summaries(args.results_dir, args.benchmark)
+        summaries = load_summaries(args.results_dir, args.benchmark, loaded.data_key)
+        print(f"{args.benchmark} on {args.data} (data key {loaded.data_key}):")
         print(table(summaries))
-        chart = bar_chart(summaries, args.benchmark, os.path.join(args.results_dir, args.benchmark, "chart.png"))
-        print(f"wrote {chart}")
+        folder = results_folder(args.results_dir, args.benchmark, loaded.data_key)
+        print(f"wrote {bar_chart(summaries, args.benchmark, folder / 'chart.png')}")
     return 0
 
 

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .images import open_image, to_rgb
+
 
 @dataclass
 class Question:
@@ -91,9 +93,4 @@ def _image_key(image: str | Path | Image.Image) -> str:
 
 
 def _load(image: str | Path | Image.Image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.exists():
-        raise FileNotFoundError(f"Missing image {path}")
-    return Image.open(path).convert("RGB")
+    return to_rgb(image) if isinstance(image, Image.Image) else open_image(image)

@@ -1,9 +1,11 @@
-"""Benchmark files → questions → answers → scores, with per-sample records and counted skips."""
+"""Benchmark files → checked rows → questions → answers → scores, with per-sample records and counted skips.
+
+All rows are read and checked (`validation.prepare_rows`) before any model answers: `load_benchmark` first, then
+`run_benchmark` per model.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,12 @@ from typing import Any
 from .answering import ImageQuestionAnswerer, Question
 from .answers import parse_yes_no
 from .metrics import caption_metrics, mmvp_pair_accuracy, pope_metrics, vqa_soft_accuracy, yes_no_accuracy
+from .result_keys import data_key
+from .rows import Row, read_located_rows, read_rows
+from .validation import RowRules, prepare_rows
+
+__all__ = ["BENCHMARKS", "BenchmarkResult", "LoadedBenchmark", "evaluate_benchmark", "load_benchmark",
+           "read_public_layout", "read_rows", "run_benchmark"]
 
 POPE_QUESTION = "Is there a {object} in the image? Please answer yes or no."
 CAPTION_QUESTION = "Could you provide a short description of the image?"
@@ -25,89 +33,92 @@ class BenchmarkResult:
     scores: dict[str, float]
     records: list[dict[str, Any]]
     skipped: dict[str, int] = field(default_factory=dict)
+    data_key: str | None = None  # None: results kept under the benchmark folder itself (the matching commands)
+    skipped_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"benchmark": self.benchmark, "model": self.model, "scores": self.scores,
-                "evaluated": len(self.records), "skipped": self.skipped}
+                "evaluated": len(self.records), "skipped": self.skipped, "data_key": self.data_key}
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """JSON lines, a JSON list, or a CSV with a header."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Benchmark data {path} does not exist.")
-    if path.suffix == ".csv":
-        with path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
-    text = path.read_text().strip()
-    if text.startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+@dataclass
+class LoadedBenchmark:
+    """A benchmark's checked rows, ready for any number of models."""
+
+    benchmark: str
+    rows: list[dict[str, Any]]
+    skipped: dict[str, int]
+    skipped_rows: list[dict[str, Any]]
+    data_key: str
 
 
-def read_public_layout(benchmark: str, folder: Path) -> list[dict[str, Any]]:
+def read_public_layout(benchmark: str, folder: Path) -> list[Row]:
     """POPE: `coco_pope_{random,popular,adversarial}.json` (JSON lines: image, text, label; the split from the
     file name). MMVP: `Questions.csv` (Index, Question, Options, Correct Answer) with `MMVP Images/<Index>.jpg`;
     questions 1-2, 3-4, ... are the pairs."""
+    return [row for _, rows in _public_layout(benchmark, folder) for row in rows]
+
+
+def _public_layout(benchmark: str, folder: Path) -> list[tuple[Path, list[Row]]]:
+    """(file, its rows) for each data file of a public layout."""
     if benchmark == "pope":
         files = sorted(folder.glob("*pope_*.json*"))
         if not files:
             raise FileNotFoundError(f"No *pope_<split>.json files in {folder}.")
-        return [{**row, "split": path.name.split("pope_", 1)[1].split(".")[0]} for path in files
-                for row in read_rows(path)]
+        return [(path, [Row({**row.fields, "split": path.name.split("pope_", 1)[1].split(".")[0]}, path, row.line,
+                            row.unit) for row in read_located_rows(path)]) for path in files]
     if benchmark == "mmvp":
-        rows = read_rows(folder / "Questions.csv")
-        return [{"image": f"MMVP Images/{row['Index']}.jpg", "question": row["Question"], "options": row["Options"],
-                 "answer": row["Correct Answer"], "pair_id": (int(row["Index"]) - 1) // 2} for row in rows]
+        path = folder / "Questions.csv"
+        rows = []
+        for row in read_located_rows(path):
+            fields = row.fields
+            if missing := [c for c in ("Index", "Question", "Options", "Correct Answer") if c not in fields]:
+                raise ValueError(f"{row.where}: no {', '.join(missing)} column (MMVP's Questions.csv has them).")
+            try:
+                pair = (int(fields["Index"]) - 1) // 2
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{row.where}: Index {fields['Index']!r} is not a question number.") from error
+            rows.append(Row({"image": f"MMVP Images/{fields['Index']}.jpg", "question": fields["Question"],
+                             "options": fields["Options"], "answer": fields["Correct Answer"],
+                             "pair_id": pair}, path, row.line, row.unit))
+        return [(path, rows)]
     raise ValueError(f"{benchmark} reads a data file, not a folder.")
 
 
-def _resolve_image(row: dict[str, Any], image_root: Path | None) -> Path:
-    value = row.get("image")
-    if not value:
-        raise KeyError("image")
-    path = Path(value)
-    return path if path.is_absolute() or image_root is None else image_root / path
-
-
-def prepare(rows: list[dict[str, Any]], image_root: Path | None, required: tuple[str, ...],
-            limit: int | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Keeps the rows that can be evaluated; counts the others by reason (never substitutes anything).
-    A required key "a|b" is satisfied by either field."""
-    kept, skipped = [], {}
-    for row in rows:
-        if limit is not None and len(kept) >= limit:
-            break
-        reason = None
-        if not row.get("image"):
-            reason = "no image given"
-        elif missing := [key for key in required if all(row.get(k) in (None, "", []) for k in key.split("|"))]:
-            reason = "empty " + ", ".join(missing)
-        elif not _resolve_image(row, image_root).exists():
-            reason = "image file missing"
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        kept.append({**row, "image_path": str(_resolve_image(row, image_root))})
-    return kept, skipped
-
-
-def evaluate_benchmark(benchmark: str, answerer: ImageQuestionAnswerer, data: str | Path,
-                       image_root: str | Path | None = None, limit: int | None = None, model_name: str = "") -> BenchmarkResult:
+def load_benchmark(benchmark: str, data: str | Path, image_root: str | Path | None = None,
+                   limit: int | None = None) -> LoadedBenchmark:
+    """Reads and checks every row (and opens the images of the rows within `limit`) before anything is answered."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}.")
-    required, question_of, score = BENCHMARKS[benchmark]
+    rules = BENCHMARKS[benchmark][0]
     data = Path(data)
     if data.is_dir():  # a benchmark's public folder layout
-        rows, default_root = read_public_layout(benchmark, data), data
+        files = _public_layout(benchmark, data)
+        rows, default_root = [row for _, part in files for row in part], data
     else:
-        rows, default_root = read_rows(data), data.parent
-    rows, skipped = prepare(rows, Path(image_root) if image_root else default_root, required, limit)
+        rows, default_root = read_located_rows(data), data.parent
+        files = [(data, rows)]
+    prepared = prepare_rows(rows, Path(image_root) if image_root else default_root, rules, limit)
+    return LoadedBenchmark(benchmark, prepared.rows, prepared.skipped, prepared.skipped_rows,
+                           data_key(data.name, [path for path, _ in files], limit))
+
+
+def run_benchmark(loaded: LoadedBenchmark, answerer: ImageQuestionAnswerer, model_name: str = "") -> BenchmarkResult:
+    _, question_of, score = BENCHMARKS[loaded.benchmark]
+    rows = loaded.rows
     questions = [Question(i, row["image_path"], question_of(row)) for i, row in enumerate(rows)]
     answers = answerer.answer(questions)
     records = [{**{k: v for k, v in row.items() if k != "image_path"}, "prompt": questions[i].text,
                 "prediction": answers[i]} for i, row in enumerate(rows)]
-    return BenchmarkResult(benchmark, model_name, score(records) if records else {}, records, skipped)
+    return BenchmarkResult(loaded.benchmark, model_name, score(records) if records else {}, records,
+                           dict(loaded.skipped), loaded.data_key, list(loaded.skipped_rows))
+
+
+def evaluate_benchmark(benchmark: str, answerer: ImageQuestionAnswerer, data: str | Path,
+                       image_root: str | Path | None = None, limit: int | None = None,
+                       model_name: str = "") -> BenchmarkResult:
+    """`load_benchmark` then `run_benchmark`, for one model."""
+    return run_benchmark(load_benchmark(benchmark, data, image_root, limit), answerer, model_name)
 
 
 def _yes_no_records(records: list[dict[str, Any]], label_key: str) -> tuple[list[str | None], list[str]]:
@@ -169,12 +180,13 @@ def _field(name: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: row[name]
 
 
-BENCHMARKS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], str], Callable]] = {
-    # name: (fields a row must have, its question, the scorer)
-    "robustvqa": (("question", "answer"), _field("question"), _score_robustvqa),
-    "pope": (("label", "text|object"), lambda r: r.get("text") or POPE_QUESTION.format(object=r["object"]), _score_pope),
-    "mmvp": (("question", "answer", "pair_id"),
+BENCHMARKS: dict[str, tuple[RowRules, Callable[[dict[str, Any]], str], Callable]] = {
+    # name: (what its rows must satisfy, its question, the scorer)
+    "robustvqa": (RowRules(("question", "answer"), yes_no_label="answer"), _field("question"), _score_robustvqa),
+    "pope": (RowRules(("label", "text|object"), yes_no_label="label"),
+             lambda r: r.get("text") or POPE_QUESTION.format(object=r["object"]), _score_pope),
+    "mmvp": (RowRules(("question", "answer", "pair_id"), answer_in_options=True, pair_key="pair_id"),
              lambda r: f"{r['question']} {r.get('options', '')}".strip(), _score_mmvp),
-    "vqav2": (("question", "answers"), lambda r: VQA_QUESTION.format(question=r["question"]), _score_vqa),
-    "caption": (("references",), lambda r: CAPTION_QUESTION, _score_caption),
+    "vqav2": (RowRules(("question", "answers")), lambda r: VQA_QUESTION.format(question=r["question"]), _score_vqa),
+    "caption": (RowRules(("references",)), lambda r: CAPTION_QUESTION, _score_caption),
 }

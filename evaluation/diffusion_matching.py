@@ -24,6 +24,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
+from .images import to_rgb
+
 DEFAULT_TIMESTEPS = (189, 389, 589, 789, 989)
 
 
@@ -140,7 +142,7 @@ class DiffusionImageTextScorer:
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """The VAE posterior mean (deterministic) of the image resized to the model's resolution."""
-        image = image.convert("RGB").resize((self.resolution, self.resolution), Image.BICUBIC)
+        image = to_rgb(image).resize((self.resolution, self.resolution), Image.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
         latent = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.mean
         return latent * self.vae.config.scaling_factor

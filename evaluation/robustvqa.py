@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .images import open_image, to_rgb
+
 QUESTION = "Is {object} the main object in this image? Please answer yes or no."
 PROMPT = "A photo of a {}."
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".jpe"}
@@ -122,8 +124,8 @@ def build_robustvqa(
             batch, pictures = [], []
             for item in todo[start : start + batch_size]:
                 try:
-                    picture = item.image if isinstance(item.image, Image.Image) else Image.open(item.image)
-                    pictures.append(picture.convert("RGB"))
+                    image = item.image
+                    pictures.append(to_rgb(image) if isinstance(image, Image.Image) else open_image(image))
                     batch.append(item)
                 except (OSError, ValueError):
                     unreadable += 1
@@ -146,7 +148,7 @@ def build_robustvqa(
         if isinstance(item.image, Image.Image):  # images from a `datasets` table are written beside the output
             image_path = output.parent / f"{output.stem}_images" / f"{item.key}.png"
             image_path.parent.mkdir(exist_ok=True)
-            item.image.convert("RGB").save(image_path)
+            to_rgb(item.image).save(image_path)
         for object_id, answer in ((item.class_id, "yes"), (negative, "no")):
             rows.append({
                 "source": source, "key": item.key,

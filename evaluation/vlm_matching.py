@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import open_image, to_rgb
+
 Scorer = Callable[[Image.Image, Sequence[str]], Sequence[float]]
 
 
@@ -74,7 +76,7 @@ def evaluate_mmvp_vlm(items: list[dict[str, Any]], scorer: Scorer) -> dict[str, 
     per_pattern: dict[str, list[bool]] = {}
     records = []
     for item in items:
-        matrix = pair_matrix(scorer, [Image.open(p).convert("RGB") for p in item["images"]], item["texts"])
+        matrix = pair_matrix(scorer, [open_image(p) for p in item["images"]], item["texts"])
         correct = mmvp_vlm_pair_correct(matrix)
         per_pattern.setdefault(item["pattern"], []).append(correct)
         records.append({**{k: v for k, v in item.items() if k != "images"}, "images": [str(p) for p in item["images"]],
@@ -100,11 +102,8 @@ def evaluate_winoground(rows: list[dict[str, Any]], scorer: Scorer, image_root: 
 
 def _open(value: Any, root: Path | None) -> Image.Image:
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    path = Path(value) if root is None else root / value
-    if not path.exists():
-        raise FileNotFoundError(f"Missing image {path}")
-    return Image.open(path).convert("RGB")
+        return to_rgb(value)
+    return open_image(Path(value) if root is None else root / value)
 
 
 class ClipScorer:

@@ -21,6 +21,13 @@ CHAT = ("{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}
         "{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
 
 
+def saved(results, benchmark, name):
+    """The one results file of model folder `name` (results/<benchmark>/<data key>/<name>-<hash>.json)."""
+    files = list((results / benchmark).glob(f"*/{name}-*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
@@ -87,17 +94,17 @@ def test_pope_for_deem_and_llava_side_by_side(models, data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "deem-tiny" in printed and "llava-tiny" in printed and "yes_ratio" in printed
     for name in ("deem-tiny", "llava-tiny"):
-        saved = json.loads((results / "pope" / f"{name}.json").read_text())
-        summary = saved["summary"]
+        run = saved(results, "pope", name)
+        summary = run["summary"]
         assert summary["evaluated"] == 3
         assert summary["skipped"] == {"image file missing": 1, "empty text|object": 1}
         assert {"accuracy", "precision", "recall", "f1", "yes_ratio", "random_accuracy",
                 "adversarial_accuracy"} <= set(summary["scores"])
-        assert len(saved["records"]) == 3 and all("prediction" in r and "parsed" in r for r in saved["records"])
-        parsed = [r["parsed"] for r in saved["records"]]
-        labels = [r["label"] for r in saved["records"]]
+        assert len(run["records"]) == 3 and all("prediction" in r and "parsed" in r for r in run["records"])
+        parsed = [r["parsed"] for r in run["records"]]
+        labels = [r["label"] for r in run["records"]]
         assert summary["scores"]["accuracy"] == pytest.approx(sum(p == y for p, y in zip(parsed, labels)) / 3)
-    assert Image.open(results / "pope" / "chart.png").size[0] > 200
+    assert Image.open(next((results / "pope").glob("*/chart.png"))).size[0] > 200
 
 
 @pytest.mark.parametrize("benchmark, headline", [("robustvqa", "accuracy_A"), ("mmvp", "pair_accuracy"),
@@ -106,13 +113,13 @@ def test_every_benchmark_runs_on_deem(models, data, tmp_path, benchmark, headlin
     results = tmp_path / "results"
     evaluate_main([benchmark, "--model", str(models / "deem-tiny"), "--data", str(data / f"{benchmark}.jsonl"),
                    "--results-dir", str(results), "--limit", "5", "--max-new-tokens", "4"])
-    summary = json.loads((results / benchmark / "deem-tiny.json").read_text())["summary"]
+    summary = saved(results, benchmark, "deem-tiny")["summary"]
     assert headline in summary["scores"]
     if benchmark == "robustvqa":
         assert summary["skipped"] == {"empty answer": 1} and summary["evaluated"] == 2
         evaluate_main([benchmark, "--model", str(models / "llava-tiny"), "--data", str(data / "robustvqa.jsonl"),
                        "--results-dir", str(results)])
-        assert json.loads((results / benchmark / "llava-tiny.json").read_text())["summary"]["evaluated"] == 2
+        assert saved(results, benchmark, "llava-tiny")["summary"]["evaluated"] == 2
 
 
 def test_unknown_benchmark_and_missing_data(models, tmp_path):
@@ -151,8 +158,7 @@ def test_two_processes_give_the_same_predictions(models, data, tmp_path):
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         assert f"({processes} process(es))" in run.stdout
-    one = json.loads((tmp_path / "one" / "pope" / "deem-tiny.json").read_text())
-    two = json.loads((tmp_path / "two" / "pope" / "deem-tiny.json").read_text())
+    one, two = saved(tmp_path / "one", "pope", "deem-tiny"), saved(tmp_path / "two", "pope", "deem-tiny")
     assert [r["prediction"] for r in one["records"]] == [r["prediction"] for r in two["records"]]
     assert one["summary"]["scores"] == two["summary"]["scores"]
 
@@ -167,7 +173,7 @@ def test_public_layouts_of_pope_and_mmvp(models, tmp_path):
              "label": label}) for i, label in enumerate(["yes", "no"])))
     results = tmp_path / "results"
     evaluate_main(["pope", "--model", str(models / "deem-tiny"), "--data", str(pope), "--results-dir", str(results)])
-    summary = json.loads((results / "pope" / "deem-tiny.json").read_text())["summary"]
+    summary = saved(results, "pope", "deem-tiny")["summary"]
     assert summary["evaluated"] == 4 and {"random_f1", "adversarial_f1"} <= set(summary["scores"])
 
     mmvp = tmp_path / "mmvp"
@@ -178,5 +184,5 @@ def test_public_layouts_of_pope_and_mmvp(models, tmp_path):
         lines.append(f'{index},Is the dog facing left?,"(a) Yes (b) No",{"(a)" if index == 1 else "(b)"}')
     (mmvp / "Questions.csv").write_text("\n".join(lines) + "\n")
     evaluate_main(["mmvp", "--model", str(models / "deem-tiny"), "--data", str(mmvp), "--results-dir", str(results)])
-    saved = json.loads((results / "mmvp" / "deem-tiny.json").read_text())
-    assert saved["summary"]["evaluated"] == 2 and [r["pair_id"] for r in saved["records"]] == [0, 0]
+    run = saved(results, "mmvp", "deem-tiny")
+    assert run["summary"]["evaluated"] == 2 and [r["pair_id"] for r in run["records"]] == [0, 0]
