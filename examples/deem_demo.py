@@ -64,13 +64,12 @@ def main() -> None:
         seed=args.seed, dataloader_num_workers=0,
     )
     trainer = DeemTrainer(model=model, args=training_args, train_dataset=dataset, stage=recipe,
-                          data_collator=DeemDataCollator(processor))
+                          data_collator=DeemDataCollator(processor), processing_class=processor)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "ntp_loss" in entry]
 
     checkpoint = out / "checkpoint"
-    model.save_pretrained(checkpoint)
-    processor.save_pretrained(checkpoint)
+    model.save_pretrained(checkpoint)  # with the processor the trainer gave it: the folder feeds pipeline as it is
     reloaded = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
     reloaded_state = reloaded.state_dict()
     mismatched = [k for k, v in model.state_dict().items() if not torch.equal(v, reloaded_state[k])]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from transformers import Blip2QFormerConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import AutoConfig
 
@@ -86,6 +88,14 @@ SD21_DDPM_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
     "steps_offset": 1,
 }
+
+
+def check_dtype(values: dict[str, Any], where: str) -> None:
+    """A config's `dtype` must name a torch dtype: transformers would fail on it later with an AttributeError."""
+    for key in ("dtype", "torch_dtype"):
+        value = values.get(key)
+        if isinstance(value, str) and value != "auto" and not isinstance(getattr(torch, value, None), torch.dtype):
+            raise ValueError(f"{where}: {key}={value!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'float16').")
 
 
 class DeemVisionConfig(PretrainedConfig):
@@ -282,6 +292,7 @@ class DeemConfig(PretrainedConfig):
             if pad is not None and pad > max(new_token_ids):
                 new_token_ids.append(pad)
         self.new_token_ids = list(new_token_ids)
+        check_dtype(kwargs, "DeemConfig")
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate()
 
@@ -290,6 +301,7 @@ class DeemConfig(PretrainedConfig):
             return value
         if not isinstance(value, dict):
             raise TypeError(f"DeemConfig.{key} must be a dict or a PretrainedConfig, got {type(value).__name__}")
+        check_dtype(value, f"DeemConfig.{key}")
         if key == "text_config":
             value = dict(value)
             model_type = value.pop("model_type", None)

@@ -69,6 +69,8 @@ class DeemImageGenerationMixin:
     ) -> list[Image.Image] | torch.Tensor:
         """Condition `(n, 77, cross_attention_dim)` → n images; the learned negative is the unconditional branch.
         `decoder_context`: the image each sample's UNet-side MMFS reads (`decoder_image_context`)."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number ≥ 1, got {num_inference_steps!r}.")
         pipeline = self._image_pipeline(decoder_context)
         pipeline.set_progress_bar_config(disable=not show_progress)
         size = self.config.decoder_image_size

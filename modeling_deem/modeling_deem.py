@@ -233,7 +233,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             if processor is not None:
                 processor.save_pretrained(staging)
         if processor is None:
-            logger.warning_once(
+            logger.warning(
                 "Saved without a processor: pipeline(...) and `python -m evaluation` need one in the folder. "
                 "Set `model.processor = processor` before saving (or save the processor into the folder).")
 

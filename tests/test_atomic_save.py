@@ -1,0 +1,126 @@
+"""save_pretrained is atomic: a kill at any moment leaves the old save or the new one, never a mix; what else the
+folder holds survives; the model's processor is saved with it, so the folder feeds pipeline as it is."""
+
+import os
+import random
+import signal
+import time
+
+import pytest
+import torch
+
+from modeling_deem import DeemForConditionalGeneration
+from modeling_deem.atomic_save import atomic_directory
+from modeling_deem.tiny import tiny_config
+
+SHARD = "150KB"  # the tiny model in about a dozen shards
+
+
+def tiny(seed: int) -> DeemForConditionalGeneration:
+    torch.manual_seed(seed)
+    return DeemForConditionalGeneration(tiny_config())
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def which(folder, candidates: dict[str, dict[str, torch.Tensor]]) -> str:
+    loaded = DeemForConditionalGeneration.from_pretrained(folder).state_dict()
+    for name, state in candidates.items():
+        if all(torch.equal(loaded[k], v) for k, v in state.items()):
+            return name
+    raise AssertionError(f"{folder} holds neither save: a mix")
+
+
+def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_save(tmp_path):
+    old, new = tiny(0), tiny(1)
+    candidates = {"old": weights(old), "new": weights(new)}
+    target = tmp_path / "model"
+    start = time.perf_counter()
+    new.save_pretrained(tmp_path / "timing", max_shard_size=SHARD)
+    duration = time.perf_counter() - start
+    rng = random.Random(0)
+    outcomes, interrupted = [], 0
+    for _ in range(8):
+        old.save_pretrained(target, max_shard_size=SHARD)
+        child = os.fork()
+        if child == 0:  # the child saves the new model over the old one and is killed part-way
+            try:
+                new.save_pretrained(target, max_shard_size=SHARD)
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0, duration * 1.2))
+        os.kill(child, signal.SIGKILL)
+        _, status = os.waitpid(child, 0)
+        interrupted += os.WIFSIGNALED(status)
+        outcomes.append(which(target, candidates))
+        for leftover in tmp_path.glob(".model.saving-*"):  # a killed save's staging folder
+            __import__("shutil").rmtree(leftover)
+    assert interrupted >= 4, "the saves finished before they could be killed"
+    assert "old" in outcomes  # some kills landed before the swap (and none left a mix: `which` checks)
+
+
+def test_a_save_over_a_training_folder_keeps_its_other_content_and_drops_old_shards(tmp_path):
+    tiny(0).save_pretrained(tmp_path, max_shard_size=SHARD)
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("kept")
+    model = tiny(1)
+    model.save_pretrained(tmp_path)  # one file this time
+    assert not list(tmp_path.glob("model-*.safetensors")) and not (tmp_path / "model.safetensors.index.json").exists()
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+    assert (tmp_path / "checkpoint-2" / "trainer_state.json").read_text() == "{}"
+    assert which(tmp_path, {"new": weights(model)}) == "new"
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))  # no staging folder left behind
+
+
+def test_an_error_during_the_save_leaves_the_old_save_untouched(tmp_path):
+    old = tiny(0)
+    old.save_pretrained(tmp_path / "model")
+    before = sorted(p.name for p in (tmp_path / "model").iterdir())
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_directory(tmp_path / "model") as staging:
+            (staging / "model.safetensors").write_bytes(b"partial")
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == before
+    assert which(tmp_path / "model", {"old": weights(old)}) == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_saving_into_a_file_is_refused(tmp_path):
+    (tmp_path / "model").write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file"):
+        tiny(0).save_pretrained(tmp_path / "model")
+
+
+def test_save_pretrained_alone_feeds_pipeline(tmp_path):
+    from transformers import pipeline
+
+    from processing import DeemProcessor
+    from trainers import make_shapes_dataset
+
+    ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = tiny(0)
+    model.processor = DeemProcessor.from_pretrained(os.path.join(ROOT, "hub_configs", "deem-tiny"))
+    model.save_pretrained(tmp_path / "a")
+    assert (tmp_path / "a" / "processor_config.json").exists()
+    reloaded = DeemForConditionalGeneration.from_pretrained(tmp_path / "a")
+    assert reloaded.processor is not None
+    reloaded.save_pretrained(tmp_path / "b")  # the loaded model knows its processor: saved again
+    answer = pipeline("image-text-to-text", model=str(tmp_path / "b"), trust_remote_code=True)
+    image = make_shapes_dataset(num_rows=1, seed=0)[0]["images"][0]
+    out = answer(text=[{"role": "user", "content": [{"type": "image", "image": image},
+                                                    {"type": "text", "text": "What is it?"}]}],
+                 max_new_tokens=2, generate_kwargs={"do_sample": False})
+    assert isinstance(out[0]["generated_text"], (str, list))
+
+
+def test_saving_without_a_processor_says_so(tmp_path, caplog):
+    from transformers.utils import logging
+
+    logging.enable_propagation()
+    model = tiny(0)
+    model.save_pretrained(tmp_path)
+    assert "without a processor" in caplog.text
