@@ -182,6 +182,29 @@ def test_trl_sft_trainer_keeps_the_csr_term(processor, shapes, tmp_path):
     assert changed <= {"language_model", "image_side", "condition_side", *MMFS_GROUPS, "decoder_mmfs"}
 
 
+def test_sft_with_a_peft_config_still_trains_the_image_side(processor, shapes, tmp_path):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from trainers import DeemSFTTrainer
+
+    rows = Dataset.from_dict({
+        "messages": [[{"role": "user", "content": "<image> What colour is the shape?"},
+                      {"role": "assistant", "content": f"{colour}."}] for colour in shapes["colour"][:4]],
+        "images": shapes["images"][:4],
+    })
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True,
+                     report_to="none", save_strategy="no", gradient_checkpointing=False)
+    lora = LoraConfig(r=2, target_modules=r"language_model\..*\.(q_proj|v_proj)")
+    trainer = DeemSFTTrainer(model=fresh_model(), args=args, processing_class=processor, train_dataset=rows,
+                             stage="stage2", peft_config=lora)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert any("visual_resampler.modules_to_save" in n for n in trainable)
+    assert any(".mmfs.modules_to_save" in n for n in trainable) and any("lora_" in n for n in trainable)
+    trainer.train()
+
+
 def test_plain_training_arguments_work_too(processor, shapes, tmp_path):
     """Without a stage recipe: ordinary TrainingArguments (raw columns kept for the collator), one learning rate."""
     from transformers import TrainingArguments

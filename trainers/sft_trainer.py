@@ -14,6 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .collator import DeemDataCollator
 from .deem_trainer import DeemLossMixin
+from .lora import modules_trained_in_full
 from .stages import StageRecipe, get_stage
 
 
@@ -28,6 +29,11 @@ class DeemSFTTrainer(DeemLossMixin, SFTTrainer):
         **kwargs: Any,
     ) -> None:
         recipe = get_stage(stage)
+        peft_config = kwargs.get("peft_config")
+        if peft_config is not None and getattr(peft_config, "modules_to_save", None) is None:
+            # TRL wraps the model with this config; without it peft would freeze everything the stage trains
+            # outside the adapters (resamplers, MMFS, ...). An explicit list is the caller's choice.
+            peft_config.modules_to_save = modules_trained_in_full(model, recipe)
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         collator = data_collator or DeemDataCollator(processing_class, decoder_views=recipe.with_image_decoder,
                                                      seed=args.seed)
