@@ -122,6 +122,20 @@ def test_every_benchmark_runs_on_deem(models, data, tmp_path, benchmark, headlin
         assert saved(results, benchmark, "llava-tiny")["summary"]["evaluated"] == 2
 
 
+def test_a_trainer_checkpoint_evaluates_as_it_is(data, tmp_path):
+    from trainers.train_deem import main as train_main
+
+    train_main(["--output_dir", str(tmp_path / "run"), "--stage", "stage1", "--config_name", str(TINY),
+                "--dataset", "shapes", "--max_train_samples", "4", "--per_device_train_batch_size", "2",
+                "--max_steps", "1", "--save_steps", "1", "--use_cpu", "--report_to", "none",
+                "--dataloader_num_workers", "0"])
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert (checkpoint / "processor_config.json").exists()
+    evaluate_main(["pope", "--model", str(checkpoint), "--data", str(data / "pope.jsonl"),
+                   "--results-dir", str(tmp_path / "results"), "--max-new-tokens", "2"])
+    assert saved(tmp_path / "results", "pope", "checkpoint-1")["summary"]["evaluated"] == 3
+
+
 def test_unknown_benchmark_and_missing_data(models, tmp_path):
     with pytest.raises(SystemExit):
         evaluate_main(["nope", "--model", str(models / "deem-tiny"), "--data", "x.jsonl"])
