@@ -16,25 +16,10 @@ from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .image_inputs_deem import to_rgb_tensor
+
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def _to_rgb_tensor(image: Any) -> torch.Tensor:
-    """PIL (any mode), numpy HWC uint8/float or CHW tensor → float CHW in [0, 1]."""
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            image = image.convert("RGBA").convert("RGB") if image.mode in ("P", "LA") else image.convert("RGB")
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-    if isinstance(image, np.ndarray):
-        array = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        if array.shape[2] == 4:
-            array = array[..., :3]
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
-        return tensor / 255.0 if image.dtype == np.uint8 else tensor
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
-        return image.float()
-    raise ValueError(f"Unsupported image of type {type(image).__name__}: give a PIL image, an HWC array or a CHW tensor.")
 
 
 def _to_mask_tensor(mask: Any) -> torch.Tensor:
@@ -89,7 +74,8 @@ class DeemImageProcessor(BaseImageProcessor):
         return_tensors: str | None = "pt",
         **unused: Any,
     ) -> BatchFeature:
-        """`images`: one image or a flat list; `image_masks`: None or one mask (or None) per image."""
+        """`images`: one image or a flat list (what each may be: see `image_inputs_deem`); `image_masks`: None or
+        one mask (or None) per image."""
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("No images to process.")
@@ -100,7 +86,11 @@ class DeemImageProcessor(BaseImageProcessor):
         std = torch.tensor(self.image_std)[:, None, None]
         encoder_views, decoder_views, masks = [], [], []
         for index, image in enumerate(images):
-            pixels = _to_rgb_tensor(image)
+            try:
+                pixels = to_rgb_tensor(image)
+            except (TypeError, ValueError) as error:  # say which image of the batch it is
+                kind = TypeError if isinstance(error, TypeError) else ValueError
+                raise kind(f"Image {index}: {error}") from error
             _, height, width = pixels.shape
             top, left, side = self._crop_box(height, width, train, rng)
             flip = train and rng.random() < 0.5

@@ -97,7 +97,8 @@ class DeemProcessor(ProcessorMixin):
         seed: int | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Tokenise texts with `<image>` markers and process their images (flat list, or one list per text).
+        """Tokenise texts with `<image>` markers and process their images: a flat list fills the slots in order;
+        one list per text must hold exactly that text's images.
 
         `image_masks` mirrors `images` (a mask or None per image). Padding is on for batches; for batched
         generation pass `padding_side="left"`.
@@ -113,15 +114,9 @@ class DeemProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("Empty batch: no texts given.")
-        flat_images = _flatten(images)
-        flat_masks = _flatten(image_masks) if image_masks is not None else None
         slots = [t.count(self.image_marker) for t in texts]
-        if sum(slots) != len(flat_images):
-            raise ValueError(
-                f"The text has {sum(slots)} image slots ('{self.image_marker}') but {len(flat_images)} images were given."
-            )
-        if flat_masks is not None and len(flat_masks) != len(flat_images):
-            raise ValueError(f"Got {len(flat_masks)} image masks for {len(flat_images)} images; give one per image.")
+        flat_images = _match_slots(images, slots, "images", self.image_marker)
+        flat_masks = None if image_masks is None else _match_slots(image_masks, slots, "image masks", self.image_marker)
         expanded = [t.replace(self.image_marker, self.image_slot) for t in texts]
         tokenizer_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
         tokenizer_kwargs.setdefault("padding", len(expanded) > 1)
@@ -199,14 +194,34 @@ class DeemDiffusionProcessor(DeemProcessor):
         return " ".join(text.replace(self.image_marker, " ").replace("</s>", " ").split())
 
 
-def _flatten(items: Any) -> list[Any]:
+def _match_slots(items: Any, slots: list[int], name: str, marker: str) -> list[Any]:
+    """`items` (images, or masks) in slot order, checked against the texts' slot counts.
+
+    A flat list fills the slots of all texts in order; a list of lists gives each text its own, and each must
+    match that text's count, so an image can never move silently to another row.
+    """
     if items is None:
-        return []
-    if not isinstance(items, (list, tuple)):
-        return [items]
+        items = []
+    elif not isinstance(items, (list, tuple)):
+        items = [items]
+    nested = [isinstance(item, (list, tuple)) for item in items]
+    if not any(nested):
+        if len(items) != sum(slots):
+            raise ValueError(f"The text has {sum(slots)} image slots ('{marker}') but {len(items)} {name} were "
+                             f"given; give one per slot.")
+        return list(items)
+    if not all(nested):
+        raise ValueError(f"The {name} mix lists and single items: give one flat list, or one list per text.")
+    if len(items) != len(slots):
+        raise ValueError(f"Got {len(items)} lists of {name} for {len(slots)} texts; give one list per text.")
     flat = []
-    for item in items:
-        flat.extend(_flatten(item) if isinstance(item, (list, tuple)) else [item])
+    for row, (group, count) in enumerate(zip(items, slots)):
+        if any(isinstance(item, (list, tuple)) for item in group):
+            raise ValueError(f"The {name} of text {row} hold a list; nest {name} one level deep at most.")
+        if len(group) != count:
+            raise ValueError(f"Text {row} has {count} image slots ('{marker}') but {len(group)} {name} "
+                             f"were given for it.")
+        flat.extend(group)
     return flat
 
 

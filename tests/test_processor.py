@@ -12,7 +12,6 @@ from processing import DeemImageProcessor, DeemProcessor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def two_colour_image(width: int = 120, height: int = 90) -> Image.Image:
     """Left half red, right half blue: any mirroring shows."""
     array = np.zeros((height, width, 3), dtype=np.uint8)
@@ -80,6 +79,26 @@ def test_slot_count_mismatch_is_refused(processor):
         processor(text="no slot", images=[two_colour_image()])
 
 
+def test_per_text_image_lists_must_match_each_texts_slots(processor):
+    """Nested lists give each text its images: a list that contradicts a text's slots is refused, never moved."""
+    texts = ["One <image>.", "Two <image> and <image>."]
+    a, b, c = (two_colour_image(40 + 10 * i, 30) for i in range(3))
+    nested = processor(text=texts, images=[[a], [b, c]])
+    flat = processor(text=texts, images=[a, b, c])
+    torch.testing.assert_close(nested["pixel_values"], flat["pixel_values"])
+    assert torch.equal(nested["input_ids"], flat["input_ids"])
+    with pytest.raises(ValueError, match=r"Text 0 has 1 image slots \('<image>'\) but 2 images were given for it"):
+        processor(text=texts, images=[[a, b], [c]])
+    with pytest.raises(ValueError, match=r"Got 1 lists of images for 2 texts"):
+        processor(text=texts, images=[[a, b, c]])
+    with pytest.raises(ValueError, match=r"mix lists and single items"):
+        processor(text=texts, images=[[a], b, c])
+    with pytest.raises(ValueError, match=r"Text 1 has 2 image slots .* but 1 image masks were given for it"):
+        processor(text=texts, images=[[a], [b, c]], image_masks=[[None], [None]])
+    with pytest.raises(ValueError, match=r"nest images one level deep at most"):
+        processor(text=texts, images=[[a], [[b], c]])
+
+
 def test_mask_size_must_match_its_image(processor):
     with pytest.raises(ValueError, match=r"mask of image 0 has size \(10, 10\) but the image is \(90, 120\)"):
         processor(text="<image>", images=[two_colour_image()], image_masks=[np.ones((10, 10))])
@@ -122,6 +141,8 @@ def test_save_and_reload(processor, tmp_path):
     assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
     assert loaded.chat_template == processor.chat_template
+    for name in ("processing_deem.py", "image_processing_deem.py", "image_inputs_deem.py", "prompts_deem.py"):
+        assert (tmp_path / name).exists(), name  # remote code carries its sibling modules
 
 
 def test_deem_7b_processor_points_at_vicuna_and_extends_its_tokenizer(tmp_path):
