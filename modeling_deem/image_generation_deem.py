@@ -174,7 +174,7 @@ class DeemImageGenerationMixin:
     ) -> list[Image.Image] | torch.Tensor:
         """Images rebuilt from the image encoder's own CSR condition: what the encoder's tokens carry."""
         self._require_image_decoder("reconstruct_images")
-        features = self.get_image_features(pixel_values, image_masks)
+        features = self.get_image_features(pixel_values, image_masks, return_dict=True)
         context = self.decoder_image_context(features, torch.arange(pixel_values.shape[0], device=pixel_values.device))
         return self.sample_images(features.condition_embeds, num_inference_steps, guidance_scale, generator,
                                   output_type, decoder_context=context)

@@ -251,8 +251,8 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
 
         With a diffusion backbone, `diffusion_pixel_values` (N, 3, h, w) in [-1, 1] and the conditioning texts'
         `condition_input_ids` (from `DeemDiffusionProcessor`) feed the UNet feature extractor; its tokens join
-        (or replace) the ConvNeXt tokens at the resampler's input. Always returns a `DeemImageFeatures`
-        (`return_dict` and other generate bookkeeping are ignored)."""
+        (or replace) the ConvNeXt tokens at the resampler's input. Returns a `DeemImageFeatures`, or its
+        `to_tuple()` with `return_dict=False` (other generate bookkeeping in `kwargs` is ignored)."""
         tokens, maps = [], {}
         if hasattr(self, "vision_tower"):
             resampler_tokens, level_tokens, level_shapes = self.vision_tower(pixel_values, image_masks)
@@ -272,12 +272,14 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                 condition_input_ids, condition_attention_mask,
             ).to(tokens[0].dtype if tokens else self.visual_resampler.queries.dtype))
         resampled = self.visual_resampler(torch.cat(tokens, dim=1))
-        return DeemImageFeatures(
+        features = DeemImageFeatures(
             last_hidden_state=resampled,
             pooler_output=self.image_to_text(resampled),
             condition_embeds=self.image_to_condition(resampled) if self.config.with_image_decoder else None,
             **maps,
         )
+        return_dict = kwargs.get("return_dict")
+        return features if (self.config.return_dict if return_dict is None else return_dict) else features.to_tuple()
 
     def _mmfs_maps(self, level_tokens: dict[int, torch.Tensor], level_shapes: dict[int, tuple[int, int]]) -> dict:
         """The LLM's and the UNet's MMFS inputs from the vision tower's adapted levels."""
@@ -351,7 +353,14 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        kwargs.pop("return_dict", None)  # always a DeemCausalLMOutputWithPast
+        # What the call leaves unsaid comes from DEEM's config (not the LLM's, which from_pretrained(...,
+        # output_attentions=True) does not reach).
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         outputs, image_features = self._run_language_model(
             input_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
             mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache, image_layout_ids=image_layout_ids,
@@ -387,7 +396,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                              (csr_loss, self.config.csr_loss_weight)):
             if part is not None:
                 loss = weight * part if loss is None else loss + weight * part
-        return DeemCausalLMOutputWithPast(
+        output = DeemCausalLMOutputWithPast(
             loss=loss,
             ntp_loss=ntp_loss,
             nip_loss=nip_loss,
@@ -398,6 +407,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             attentions=outputs.attentions,
             image_hidden_states=image_features.image_embeds if image_features is not None else None,
         )
+        return output if return_dict else output.to_tuple()
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head's logits plus the trainable new-token head's on the new tokens' columns."""
@@ -442,7 +452,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             mm_encoder_outputs = mm_encoder_outputs.get("image")
         image_features = mm_encoder_outputs
         if image_features is None and pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, image_masks, **(image_inputs or {}))
+            image_features = self.get_image_features(pixel_values, image_masks, return_dict=True, **(image_inputs or {}))
         # A cached decoding step holds only new text tokens: the images are kept for MMFS, not spliced again.
         decoding_step = (image_layout_ids is not None and input_ids is not None
                          and image_layout_ids.shape[1] > input_ids.shape[1])
@@ -753,7 +763,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         if new or unexpected:  # only the MMFS layers DEEM adds may be absent from the pretrained LM
             raise ValueError(f"The language model's weights do not fit DEEM's LLM: missing {new}, unexpected {unexpected}.")
         if trunk_state is not None:
-            model.vision_tower.trunk.load_state_dict(trunk_state)
+            model.vision_tower.load_trunk_state(trunk_state)
         if text_encoder is not None:
             model.diffusion_text_encoder.load_state_dict(text_encoder.state_dict())
         model.unet.load_state_dict(unet.state_dict())

@@ -62,11 +62,23 @@ class DeemVisionTower(nn.Module):
         self.trunk = build_convnext_trunk(config)
         channels = [info["num_chs"] for info in self.trunk.feature_info]
         self.levels = sorted(set(levels or config.feature_levels) | set(config.feature_levels))
+        # Only the stages up to the deepest level read are used: the classifier head's norm (and any deeper
+        # stage) would be trainable parameters that never get a gradient, so they are not built.
+        self.trunk.prune_intermediate_layers(indices=self.levels, prune_norm=True, prune_head=True)
         self.adapters = nn.ModuleDict(
             {str(level): nn.Linear(channels[level], config.hidden_size) for level in self.levels}
         )
         self.norm = nn.LayerNorm(config.hidden_size)
         self.mask_extractor = DeemMaskExtractor(config.hidden_size)
+
+    def load_trunk_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a full ConvNeXt's weights (open_clip's `visual.trunk`) into the pruned trunk: every kept tensor
+        must be there; only the parts pruned away may be left over."""
+        kept = self.trunk.state_dict()
+        missing = sorted(set(kept) - set(state))
+        if missing:
+            raise ValueError(f"The ConvNeXt weights lack {missing[:8]}{' ...' if len(missing) > 8 else ''}.")
+        self.trunk.load_state_dict({key: state[key] for key in kept})
 
     @property
     def native_modules(self) -> nn.Module:

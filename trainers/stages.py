@@ -102,7 +102,9 @@ STAGES: dict[str, StageRecipe] = {
     ),
     "stage2": StageRecipe(
         name="stage2",
-        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "condition_side": 1e-5, "diffusion_lora": 1e-5,
+        # No "condition_side": it conditions NIP only, which is off here (training it would waste optimizer state
+        # and break DDP without find_unused_parameters).
+        learning_rates={"language_model": 1e-6, "image_side": 1e-5, "diffusion_lora": 1e-5,
                         "decoder_mmfs": 1e-5, **_MMFS_SFT},
         nip_loss_weight=0.0, csr_loss_weight=5.0, image_size=448, per_device_train_batch_size=16,
     ),

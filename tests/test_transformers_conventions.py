@@ -1,0 +1,43 @@
+"""What transformers users expect of any model: config-driven outputs, tuples on request, strict loading."""
+
+import pytest
+import torch
+from conftest import BOS, EOS, image_slot, make_batch
+
+from modeling_deem import DeemForConditionalGeneration
+
+
+@pytest.fixture
+def saved(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def batch():
+    torch.manual_seed(0)
+    data = make_batch([[BOS, 10] + image_slot() + [11, EOS]])
+    data.pop("decoder_pixel_values")
+    return data
+
+
+def test_output_attentions_and_hidden_states_set_on_the_config_are_returned(saved):
+    model = DeemForConditionalGeneration.from_pretrained(saved, output_attentions=True, output_hidden_states=True,
+                                                         attn_implementation="eager")
+    out = model(**batch())
+    layers = model.config.text_config.num_hidden_layers
+    assert out.hidden_states is not None and len(out.hidden_states) == layers + 1
+    assert out.attentions is not None and len(out.attentions) == layers
+    plain = DeemForConditionalGeneration.from_pretrained(saved)(**batch())
+    assert plain.hidden_states is None and plain.attentions is None
+    torch.testing.assert_close(out.logits, plain.logits)
+
+
+def test_return_dict_false_gives_tuples(tiny_model):
+    data = batch()
+    tiny_model.eval()
+    out = tiny_model(**data, return_dict=False)
+    assert isinstance(out, tuple)
+    torch.testing.assert_close(out[2], tiny_model(**data).logits)  # (loss, ntp_loss, logits, ...)
+    features = tiny_model.get_image_features(data["pixel_values"], return_dict=False)
+    assert isinstance(features, tuple)
+    torch.testing.assert_close(features[0], tiny_model.get_image_features(data["pixel_values"]).last_hidden_state)
