@@ -15,7 +15,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from .mmfs_language import image_visibility
+from .mmfs_language import document_starts, image_visibility
 from .mmfs_unet import DecoderImageContext, UNetWithImageFeatures
 
 # The paper's sampling defaults (DESIGN.md section 4): DDPM, 250 steps, guidance 3.5.
@@ -129,11 +129,8 @@ class DeemImageGenerationMixin:
                                                            use_cache=False, image_inputs=image_inputs)
         hidden = outputs.last_hidden_state
         last = input_ids.shape[1] - 1
-        contexts = []
-        for row in range(input_ids.shape[0]):
-            start = self.document_start(input_ids[row], attention_mask[row] if attention_mask is not None else None,
-                                        last)
-            contexts.append(hidden[row, start:].flip(0))
+        starts = document_starts(input_ids, self.config.bos_token_id, None, attention_mask)[:, last].clamp(min=0)
+        contexts = [hidden[row, int(start):].flip(0) for row, start in enumerate(starts.tolist())]
         decoder_context = None
         if image_features is not None and self.config.decoder_mmfs:
             table, visible = image_visibility(input_ids, 1, self.config.image_token_id, self.config.num_image_tokens,

@@ -46,19 +46,38 @@ def image_slots(layout_ids: torch.LongTensor, image_token_id: int, per_image: in
     return first[:, 0], first[:, 1]
 
 
-def document_starts(layout_ids: torch.LongTensor, bos_token_id: int | None) -> torch.LongTensor:
-    """`(B, T)`: the position of each token's nearest `<s>` at or before it (−1 if none): where its document starts."""
+def document_starts(
+    layout_ids: torch.LongTensor,
+    bos_token_id: int | None,
+    position_ids: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.LongTensor:
+    """`(B, T)`: where each token's document starts (−1 if nothing marks one before it). A document starts at a
+    `<s>`, at a restart of the position ids (a packed sample, with or without BOS: the packing bounds it), or at
+    a row's first attended token (left padding). `position_ids`/`attention_mask` count only when they cover the
+    whole rows (not at a cached decoding step, where a row holds one document anyway)."""
+    starts = torch.zeros_like(layout_ids, dtype=torch.bool)
+    if bos_token_id is not None:
+        starts |= layout_ids == bos_token_id
+    if position_ids is not None and position_ids.shape == layout_ids.shape:
+        starts |= position_ids == 0
+    if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape == layout_ids.shape:
+        attended = attention_mask.bool()
+        starts |= attended & (attended.long().cumsum(1) == 1)
     positions = torch.arange(layout_ids.shape[1], device=layout_ids.device)
-    if bos_token_id is None:
-        return torch.full_like(layout_ids, -1)
-    return torch.where(layout_ids == bos_token_id, positions, -1).cummax(1).values
+    return torch.where(starts, positions, -1).cummax(1).values
 
 
 def image_visibility(
-    layout_ids: torch.LongTensor, num_queries: int, image_token_id: int, per_image: int, bos_token_id: int | None
+    layout_ids: torch.LongTensor,
+    num_queries: int,
+    image_token_id: int,
+    per_image: int,
+    bos_token_id: int | None,
+    position_ids: torch.LongTensor | None = None,
 ) -> tuple[torch.LongTensor, torch.BoolTensor]:
     """Which images the last `num_queries` tokens of each row see: those whose first placeholder is at or before
-    the token and after the token's nearest preceding `<s>` (a packed row never mixes documents).
+    the token and after the start of the token's document (`document_starts`: a packed row never mixes them).
 
     Returns the `(B, K)` image table and the `(B, Q, K)` visibility (see `ImageMemory`)."""
     batch, length = layout_ids.shape
@@ -71,7 +90,7 @@ def image_visibility(
     start_table = torch.full((batch, per_row), length, dtype=torch.long, device=layout_ids.device)
     start_table[rows, slot] = starts
     window = torch.arange(length - num_queries, length, device=layout_ids.device)
-    document_start = document_starts(layout_ids, bos_token_id)[:, length - num_queries:]
+    document_start = document_starts(layout_ids, bos_token_id, position_ids)[:, length - num_queries:]
     visible = (start_table[:, None, :] <= window[None, :, None]) & (start_table[:, None, :] > document_start[..., None])
     return table, visible
 

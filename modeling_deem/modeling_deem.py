@@ -6,6 +6,7 @@ Exported as remote code: import siblings only with ``from .x import Y``.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ from .resampler_deem import DeemResampler
 from .vision_deem import DeemVisionTower
 
 logger = logging.get_logger(__name__)
+# Modules that exist only with the diffusion decoder: a checkpoint's weights for them are expected extras when a
+# model is loaded with with_image_decoder=False (stage III from a stage II checkpoint).
+DECODER_ONLY_PREFIXES = ("unet.", "vae.", "decoder_mmfs.", "image_to_condition.", "context_proj.",
+                         "condition_resampler.", "negative_condition.")
 
 
 @dataclass
@@ -176,16 +181,49 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             self.diffusion_text_encoder.requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> DeemForConditionalGeneration:
-        """As `PreTrainedModel.from_pretrained`; loading puts fresh parameters in, so the decoder is re-frozen.
-        A local folder's processor, when it has one, becomes `model.processor` (see `save_pretrained`)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+    def from_pretrained(cls, *args: Any, strict: bool = True, **kwargs: Any) -> DeemForConditionalGeneration:
+        """As `PreTrainedModel.from_pretrained`, but strict: a checkpoint with missing, unexpected or mismatched
+        weights is an error that names them (a silently re-initialised resampler or head is the worst outcome).
+        The decoder-side weights of a checkpoint loaded with `with_image_decoder=False` are expected extras.
+        `strict=False` loads anyway, for conversions and partial loads (`output_loading_info=True` lists what
+        was missing). Loading puts fresh parameters in, so the decoder is re-frozen. A local folder's
+        processor, when it has one, becomes `model.processor` (see `save_pretrained`)."""
+        wants_info = kwargs.get("output_loading_info", False)
+        model, info = super().from_pretrained(*args, **{**kwargs, "output_loading_info": True})
+        if strict:
+            model._check_loaded_keys(info)
         model.freeze_image_decoder()
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         if source is not None and (Path(source) / "processor_config.json").is_file():
             model.processor = _load_processor(Path(source))
-        return loaded
+        return (model, info) if wants_info else model
+
+    def _decoder_only_prefixes(self) -> tuple[str, ...]:
+        """Where a with-decoder checkpoint holds weights this decoder-less model has no place for: the decoder
+        side, and the ConvNeXt levels (adapters, deeper stages) that only the UNet's MMFS reads."""
+        with_decoder = copy.deepcopy(self.config)
+        with_decoder.with_image_decoder = True
+        mine = self.config.vision_levels()
+        extra = sorted(set(with_decoder.vision_levels()) - set(mine))
+        return (DECODER_ONLY_PREFIXES + tuple(f"vision_tower.adapters.{level}." for level in extra)
+                + tuple(f"vision_tower.trunk.stages.{level}." for level in extra if level > max(mine)))
+
+    def _check_loaded_keys(self, info: dict[str, Any]) -> None:
+        unexpected = set(info.get("unexpected_keys") or ())
+        if not self.config.with_image_decoder:
+            unexpected = {key for key in unexpected if not key.startswith(self._decoder_only_prefixes())}
+        problems = {
+            "missing": sorted(info.get("missing_keys") or ()),
+            "unexpected": sorted(unexpected),
+            "mismatched in shape": sorted(str(item[0]) if isinstance(item, tuple) else str(item)
+                                          for item in info.get("mismatched_keys") or ()),
+        }
+        problems = {kind: keys for kind, keys in problems.items() if keys}
+        if problems:
+            listed = "; ".join(f"{kind}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''} ({len(keys)})"
+                               for kind, keys in problems.items())
+            raise ValueError(f"The checkpoint does not fit this DEEM model ({listed}). Pass strict=False to load "
+                             "it anyway (the missing parts keep their fresh initialisation).")
 
     def train(self, mode: bool = True) -> DeemForConditionalGeneration:
         """The frozen diffusion parts stay in eval mode (no dropout) whatever the rest does."""
@@ -388,7 +426,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                 "True)), or set both weights to 0 for NTP-only training.")
         if decoder_pixel_values is not None:
             nip_loss, csr_loss = self._diffusion_losses(
-                decoder_pixel_values, image_features, image_masks, hidden, input_ids, attention_mask
+                decoder_pixel_values, image_features, image_masks, hidden, input_ids, attention_mask, position_ids
             )
 
         loss = None
@@ -466,7 +504,8 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                 raise ValueError(f"The text has {slots} image slots but no pixel_values were given.")
         if image_features is not None and self.config.mmfs:
             kwargs["image_memory"] = self.image_memory(
-                image_features, input_ids if image_layout_ids is None else image_layout_ids, inputs_embeds.shape[1])
+                image_features, input_ids if image_layout_ids is None else image_layout_ids, inputs_embeds.shape[1],
+                position_ids)
 
         outputs = self.language_model.get_decoder()(
             inputs_embeds=inputs_embeds,
@@ -479,7 +518,8 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         return outputs, image_features
 
     def image_memory(
-        self, image_features: DeemImageFeatures, layout_ids: torch.LongTensor | None, num_queries: int
+        self, image_features: DeemImageFeatures, layout_ids: torch.LongTensor | None, num_queries: int,
+        position_ids: torch.LongTensor | None = None,
     ) -> ImageMemory:
         """What the LLM's MMFS layers read for the last `num_queries` tokens of `layout_ids`. Without gradients
         (generation) each layer's projected values are kept on `image_features` and reused at every step."""
@@ -489,7 +529,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         if layout_ids is None:
             raise ValueError("MMFS needs input_ids (or image_layout_ids) to know which images each token sees.")
         table, visible = image_visibility(layout_ids, num_queries, self.config.image_token_id,
-                                          self.config.num_image_tokens, self.config.bos_token_id)
+                                          self.config.num_image_tokens, self.config.bos_token_id, position_ids)
         cache = None
         if not torch.is_grad_enabled():
             cache = image_features.__dict__.setdefault("_mmfs_value_cache", {})
@@ -531,6 +571,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         hidden: torch.FloatTensor,
         input_ids: torch.LongTensor | None,
         attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         self._require_image_decoder("decoder_pixel_values (NIP/CSR losses)")
         if image_features is None:
@@ -551,7 +592,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks,
                                       self.decoder_image_context(image_features, own))
         if self.config.nip_loss_weight > 0:
-            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask, image_features)
+            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask, image_features, position_ids)
         return nip_loss, csr_loss
 
     def decoder_image_context(
@@ -568,14 +609,16 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         return self.decoder_mmfs.prepare(features[indices.clamp(min=0)],
                                          list(image_features.decoder_mmfs_spatial_shapes), indices >= 0)
 
-    def previous_images(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+    def previous_images(
+        self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None
+    ) -> torch.LongTensor:
         """For each image slot, the image just before it in the same document (−1 for a document's first):
         what the UNet's MMFS reads when NIP or generation makes that image."""
         rows, starts = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
         previous = torch.arange(len(rows), device=rows.device) - 1
         if not len(rows):
             return previous
-        document_start = document_starts(input_ids, self.config.bos_token_id)
+        document_start = document_starts(input_ids, self.config.bos_token_id, position_ids)
         same_row = torch.cat([rows.new_zeros(1, dtype=torch.bool), rows[1:] == rows[:-1]])
         earlier_start = torch.cat([starts.new_full((1,), -1), starts[:-1]])
         same_document = earlier_start > document_start[rows, starts]
@@ -600,17 +643,23 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         return self.decoder_mmfs.unet_kwargs(context) if context is not None else {}
 
     def image_contexts(
-        self, hidden: torch.FloatTensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
+        self,
+        hidden: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None = None,
     ) -> tuple[list[torch.Tensor], list[int]]:
         """For each image slot: the LLM states of its document up to and including its `<|startofimage|>`.
 
-        The document starts at the last BOS before the image (so packed documents do not mix) or at the first
-        attended token. Returns the contexts and the indices of the images that have one: an image with nothing
-        but `<s><|startofimage|>` before it (the first element of its document) has no NIP target.
+        The document starts where `document_starts` says (a BOS, a packed sample's first token, or the first
+        attended token), so packed documents never mix, with or without BOS. Returns the contexts and the indices
+        of the images that have one: an image with nothing but (`<s>`) `<|startofimage|>` before it (the first
+        element of its document) has no NIP target.
         """
         per_image = self.config.num_image_tokens
         first_placeholders = (input_ids == self.config.image_token_id).nonzero()[::per_image]
         bos = self.config.bos_token_id
+        document_start = document_starts(input_ids, bos, position_ids, attention_mask).clamp(min=0)
         contexts, kept = [], []
         for index, (row, position) in enumerate(first_placeholders.tolist()):
             soi = position - 1
@@ -619,28 +668,13 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                     f"Image slot {index} (row {row}, position {position}) is not preceded by <|startofimage|> "
                     f"(id {self.config.image_start_token_id})."
                 )
-            start = self.document_start(input_ids[row], attention_mask[row] if _is_2d(attention_mask) else None, soi)
-            row_ids = input_ids[row]
-            content = soi - start - int(bos is not None and int(row_ids[start]) == bos)
+            start = int(document_start[row, soi])
+            content = soi - start - int(bos is not None and int(input_ids[row, start]) == bos)
             if content <= 0:
                 continue
             contexts.append(hidden[row, start : soi + 1].flip(0))
             kept.append(index)
         return contexts, kept
-
-    def document_start(self, row_ids: torch.LongTensor, row_mask: torch.Tensor | None, position: int) -> int:
-        """Where the document holding `position` starts: its last BOS at or before it, else the first attended
-        token (left padding) or 0."""
-        start = 0
-        if row_mask is not None:
-            attended = row_mask[: position + 1].nonzero()
-            start = int(attended[0]) if len(attended) else position
-        bos = self.config.bos_token_id
-        if bos is not None:
-            bos_positions = (row_ids[start : position + 1] == bos).nonzero()
-            if len(bos_positions):
-                start += int(bos_positions[-1])
-        return start
 
     def condition_from_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """Reversed LLM contexts → `(n, 77, cross_attention_dim)` UNet conditions (the NIP / generation path)."""
@@ -658,10 +692,11 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
         image_features: DeemImageFeatures | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> torch.Tensor | None:
         """Each image (but the first of a document) is denoised from its preceding context (and, with MMFS, the
         feature maps of the image before it); 10 % condition drop."""
-        contexts, kept = self.image_contexts(hidden, input_ids, attention_mask)
+        contexts, kept = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
         if not kept:
             return None
         condition = self.condition_from_contexts(contexts)
@@ -672,7 +707,7 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
         timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
         kept = torch.tensor(kept, device=latents.device)
-        context = self.decoder_image_context(image_features, self.previous_images(input_ids)[kept])
+        context = self.decoder_image_context(image_features, self.previous_images(input_ids, position_ids)[kept])
         return denoising_loss(self.unet, self.noise_scheduler, latents[kept], condition, timesteps,
                               unet_kwargs=self._decoder_mmfs_kwargs(context)).mean()
 

@@ -3,11 +3,15 @@ folder holds survives; the model's processor is saved with it, so the folder fee
 
 import os
 import random
+import shutil
 import signal
+import threading
 import time
 
 import pytest
 import torch
+from tqdm import tqdm
+from transformers.utils.logging import disable_progress_bar
 
 from modeling_deem import DeemForConditionalGeneration
 from modeling_deem.atomic_save import atomic_directory
@@ -47,6 +51,9 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_save(tmp_path):
         child = os.fork()
         if child == 0:  # the child saves the new model over the old one and is killed part-way
             try:
+                # tqdm's write lock is a semaphore shared across fork: a child killed holding it would hang us.
+                tqdm.set_lock(threading.RLock())
+                disable_progress_bar()
                 new.save_pretrained(target, max_shard_size=SHARD)
             finally:
                 os._exit(0)
@@ -56,7 +63,7 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_save(tmp_path):
         interrupted += os.WIFSIGNALED(status)
         outcomes.append(which(target, candidates))
         for leftover in tmp_path.glob(".model.saving-*"):  # a killed save's staging folder
-            __import__("shutil").rmtree(leftover)
+            shutil.rmtree(leftover)
     assert interrupted >= 4, "the saves finished before they could be killed"
     assert "old" in outcomes  # some kills landed before the swap (and none left a mix: `which` checks)
 

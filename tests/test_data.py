@@ -133,3 +133,34 @@ def test_packed_and_streaming_training(processor, tmp_path):
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "csr_loss" in entry]
     assert len(logs) == 2 and all(np.isfinite(entry["loss"]) for entry in logs)
+
+
+def test_packed_documents_without_bos_are_bounded_by_the_packing():
+    """A tokenizer that adds no BOS: the packing's restarting positions alone keep documents apart, for MMFS
+    (what each token sees), NIP's context and NIP's previous image."""
+    from conftest import EOS, PAD, image_slot
+    from test_mmfs import open_mmfs
+
+    torch.manual_seed(0)
+    model = open_mmfs(DeemForConditionalGeneration(DeemConfig.from_pretrained(TINY)).eval())
+    first = [10, 11] + image_slot() + [12, EOS]
+    second = [20, 21] + image_slot() + [22, 23] + image_slot() + [24, EOS]
+    ids = torch.tensor([first + second])
+    length = ids.shape[1]
+    positions = torch.tensor([list(range(len(first))) + list(range(len(second)))])
+    mask = torch.zeros(1, 1, length, length, dtype=torch.bool)
+    for start, size in ((0, len(first)), (len(first), len(second))):
+        mask[0, 0, start : start + size, start : start + size] = torch.tril(torch.ones(size, size, dtype=torch.bool))
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        packed = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels).logits
+        alone = model(input_ids=torch.tensor([second]), attention_mask=torch.ones(1, len(second), dtype=torch.long),
+                      pixel_values=pixels[1:]).logits
+    torch.testing.assert_close(packed[0, len(first):], alone[0], atol=1e-5, rtol=1e-4)
+
+    hidden = torch.arange(length, dtype=torch.float)[None, :, None].expand(1, length, 32)
+    contexts, kept = model.image_contexts(hidden, ids, mask, positions)
+    assert kept == [0, 1, 2]
+    assert int(contexts[1][-1, 0]) == len(first)  # the second document's first image reads from its own start
+    assert model.previous_images(ids, positions).tolist() == [-1, -1, 1]
+    assert PAD not in first + second

@@ -42,13 +42,26 @@ def test_round_trip_in_bfloat16(tiny_model, tmp_path):
     assert torch.isfinite(out.loss)
 
 
-def test_missing_weights_are_reported(tiny_model, tmp_path):
+def test_missing_weights_are_an_error_unless_strict_is_off(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     del weights["negative_condition.weight"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    _, info = DeemForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    with pytest.raises(ValueError, match=r"missing: negative_condition\.weight"):
+        DeemForConditionalGeneration.from_pretrained(tmp_path)
+    _, info = DeemForConditionalGeneration.from_pretrained(tmp_path, strict=False, output_loading_info=True)
     assert "negative_condition.weight" in info["missing_keys"]
+
+
+def test_unexpected_weights_are_refused_but_a_dropped_decoder_is_expected(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    without_decoder = DeemForConditionalGeneration.from_pretrained(tmp_path, with_image_decoder=False)
+    assert not hasattr(without_decoder, "unet")
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["visual_resampler.extra"] = torch.zeros(2)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected: visual_resampler\.extra"):
+        DeemForConditionalGeneration.from_pretrained(tmp_path)
 
 
 def test_saved_folder_carries_code_and_auto_map(tiny_model, tmp_path):
