@@ -98,6 +98,10 @@ class DeemPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # Not compilable as one graph: which images each token sees (MMFS) and where each image's slot is are found
+    # from the token ids at run time (data-dependent shapes: placeholders per row, images per document), and
+    # the prefill/decoding split depends on the cache length. Static caches work; generate never auto-compiles.
+    _can_compile_fullgraph = False
 
 
 class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel, GenerationMixin):
@@ -535,6 +539,10 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
             cache = image_features.__dict__.setdefault("_mmfs_value_cache", {})
         return ImageMemory(image_features.mmfs_features, list(image_features.mmfs_spatial_shapes), table, visible,
                            cache)
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict[str, Any], generation_config: Any) -> bool:
+        """Never: see `_can_compile_fullgraph` (a static cache on a GPU would otherwise trigger compilation)."""
+        return False
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict:
         """transformers' inputs, plus what MMFS needs at every cached step: the encoded images (generate drops

@@ -41,3 +41,46 @@ def test_return_dict_false_gives_tuples(tiny_model):
     features = tiny_model.get_image_features(data["pixel_values"], return_dict=False)
     assert isinstance(features, tuple)
     torch.testing.assert_close(features[0], tiny_model.get_image_features(data["pixel_values"]).last_hidden_state)
+
+
+def _prompt():
+    torch.manual_seed(0)
+    ids = torch.tensor([[BOS, 10] + image_slot() + [11]])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(1, 3, 64, 64),
+            "max_new_tokens": 5, "do_sample": False}
+
+
+@pytest.fixture
+def open_model():
+    from test_mmfs import open_mmfs
+
+    from modeling_deem.tiny import tiny_config
+
+    torch.manual_seed(0)
+    return open_mmfs(DeemForConditionalGeneration(tiny_config()).eval())
+
+
+def test_assisted_decoding_with_an_image_matches_greedy(open_model):
+    from transformers import AutoModelForCausalLM
+
+    from modeling_deem.tiny import tiny_config
+
+    greedy = open_model.generate(**_prompt())
+    torch.manual_seed(1)
+    deem_assistant = DeemForConditionalGeneration(tiny_config()).eval()
+    text_assistant = AutoModelForCausalLM.from_config(open_model.config.text_config).eval()
+    for extra in ({"assistant_model": deem_assistant}, {"assistant_model": text_assistant},
+                  {"prompt_lookup_num_tokens": 3}):
+        assert torch.equal(open_model.generate(**_prompt(), **extra), greedy), extra
+
+
+def test_static_cache_generation_matches_and_compilation_is_declared_unsupported(open_model):
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import CompileConfig
+
+    greedy = open_model.generate(**_prompt())
+    assert torch.equal(open_model.generate(**_prompt(), cache_implementation="static"), greedy)
+    assert DeemForConditionalGeneration._can_compile_fullgraph is False
+    config = GenerationConfig(compile_config=CompileConfig(fullgraph=True))
+    config.compile_config._compile_all_devices = True
+    assert not open_model._valid_auto_compile_criteria({}, config)
