@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         return build(argv[1:])
     if argv and argv[0] in ("mmvp-vlm", "winoground"):
         return matching(argv[0], argv[1:])
+    if argv and argv[0] == "t2i":  # text-to-image: FID and CLIP score (evaluation/t2i.py)
+        from .t2i import main as text_to_image
+
+        return text_to_image(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("--model", action="append", required=True, help="folder or hub id; repeat to compare")
