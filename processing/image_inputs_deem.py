@@ -4,8 +4,12 @@ Inputs are read the way transformers' image processors read them, with guesses t
 image replaced by errors. Exported as remote code next to `image_processing_deem.py`: flat, no package imports.
 
 Rules:
-- Types: a PIL image (any mode), a numpy array or a torch tensor (any device; gradients are ignored). Paths, bytes
-  and other objects are refused (open files with `PIL.Image.open` first).
+- Types: a PIL image (any mode), a numpy array, a torch tensor (any device; gradients are ignored), or a string
+  naming an image, as every transformers image processor accepts (`fetch_images`): a path to a file (also an
+  `os.PathLike`), an http(s) URL, or base64 data (bare or a `data:image/...` URI). A file is opened with
+  `PIL.Image.open` and turned upright by its EXIF orientation, and then read by the rules below, so a 16-bit file
+  keeps its precision; URLs and base64 go through transformers' `load_image` (8-bit RGB, as for every transformers
+  model). A source that cannot be read is a ValueError naming it. Bytes and other objects are refused.
 - PIL modes: 1, L and RGB are read as they are; I;16 (any byte order), I and F as numbers (below); the rest
   (P, PA, LA, La, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, RGBX) through PIL's own conversion to RGB.
 - Layout of arrays and tensors: HW (grey), HWC or CHW, with 1, 3 or 4 channels. The channel axis is the end of
@@ -21,17 +25,27 @@ Rules:
   that `do_rescale` would rescale twice, applied here instead of warned about). An image that is dark in 0-255
   (maximum at most 1) is thus read as [0, 1]: the one ambiguity left, the same as transformers'.
   NaN or infinite values, negative values and floats above 255 are refused.
+- Rescaling, transformers' `do_rescale`/`rescale_factor`: the value rules above are what `do_rescale=True` with the
+  default factor 1/255 means here (`rescale_factor=None` below): 8-bit values are divided by 255 as transformers
+  does, and other scales are read by their own scale instead of being rescaled twice. Another factor is applied
+  as transformers applies it, `values * rescale_factor`, without reading the scale. `do_rescale=False` means, as in
+  transformers, that the values are already in [0, 1]: they are taken as they are, and values outside [0, 1]
+  (a 0-255 image, say) are refused rather than passed on unscaled.
 - Channels: 1 is repeated to RGB; with 4, the alpha channel is dropped (not composited on white), as PIL's
   `convert("RGB")` does, which is how the original DEEM data pipeline read RGBA files.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from transformers.image_utils import load_image
+
+URL_TIMEOUT_S = 30.0  # transformers' `load_image` waits forever by default
 
 CHANNEL_COUNTS = (1, 3, 4)
 _PIL_AS_IS = ("1", "L", "RGB", "I", "F")
@@ -48,8 +62,39 @@ def describe_image(image: Any) -> str:
     return f"an object of type {type(image).__module__}.{type(image).__qualname__}"
 
 
-def to_rgb_tensor(image: Any) -> torch.Tensor:
-    """Any supported image input → float32 `(3, H, W)` in [0, 1]; ValueError/TypeError naming what was given."""
+def is_image_source(image: Any) -> bool:
+    """Whether `image` names an image (a path, URL or base64 string) rather than holding one."""
+    return isinstance(image, (str, os.PathLike))
+
+
+def load_image_source(source: str | os.PathLike) -> Image.Image:
+    """A path, an http(s) URL or base64 data → a PIL image (mode kept for files); ValueError naming the source."""
+    name = os.fspath(source)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    shown = name if len(name) <= 120 else f"{name[:60]}...{name[-20:]} ({len(name)} characters)"
+    if os.path.isfile(name):
+        try:
+            image = Image.open(name)
+            return ImageOps.exif_transpose(image) or image
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Cannot read the image file {shown!r}: {error}") from error
+    if isinstance(source, os.PathLike):
+        raise ValueError(f"No image file at {shown!r}.")
+    is_url = name.startswith(("http://", "https://"))
+    try:
+        return load_image(name, timeout=URL_TIMEOUT_S)
+    except Exception as error:  # network, HTTP, base64 and image-decoding errors all mean "cannot read it"
+        what = (f"the image at the URL {shown!r}" if is_url else
+                f"the image {shown!r}: it is no file, no http(s) URL and no base64 image data")
+        raise ValueError(f"Cannot load {what} ({type(error).__name__}: {error})") from error
+
+
+def to_rgb_tensor(image: Any, do_rescale: bool = True, rescale_factor: float | None = None) -> torch.Tensor:
+    """Any supported image input → float32 `(3, H, W)`, in [0, 1] unless a `rescale_factor` says otherwise (see the
+    module rules); ValueError/TypeError naming what was given."""
+    if is_image_source(image):
+        image = load_image_source(image)
     what = describe_image(image)
     if isinstance(image, Image.Image):
         array = _pil_to_array(image, what)
@@ -58,16 +103,16 @@ def to_rgb_tensor(image: Any) -> torch.Tensor:
     elif isinstance(image, np.ndarray):
         array = image
     else:
-        hint = " (open image files with PIL.Image.open first)" if isinstance(image, (str, bytes)) or hasattr(
-            image, "__fspath__") else ""
-        raise TypeError(f"Unsupported image input: got {what}; give a PIL image, a numpy array or a torch "
-                        f"tensor{hint}.")
+        hint = " (bytes are not read: open the file with PIL.Image.open, or give its path)" if isinstance(
+            image, (bytes, bytearray)) else ""
+        raise TypeError(f"Unsupported image input: got {what}; give a PIL image, a numpy array, a torch "
+                        f"tensor or a path, URL or base64 string{hint}.")
     array = _check_dtype(array, what)
     if isinstance(image, Image.Image):  # PIL's layout is known: HW or HWC
         hwc = array if array.ndim == 3 else array[..., None]
     else:
         hwc = _to_hwc(array, what)
-    pixels = _to_unit_range(hwc, what)
+    pixels = _scale(hwc, what, do_rescale, rescale_factor)
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     elif pixels.shape[2] == 4:
@@ -128,11 +173,25 @@ def _to_hwc(array: np.ndarray, what: str) -> np.ndarray:
                      f"3 (RGB) or 4 (RGBA) channels{two}.")
 
 
+def _scale(array: np.ndarray, what: str, do_rescale: bool, rescale_factor: float | None) -> np.ndarray:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"Invalid pixel values: got {what} holding NaN or infinite values.")
+    if not do_rescale:
+        values = array.astype(np.float32)
+        low, high = values.min(), values.max()
+        if low < 0 or high > 1:
+            raise ValueError(f"do_rescale=False says the pixels are already in [0, 1], but they span [{low:g}, "
+                             f"{high:g}]: got {what}. Leave do_rescale on (the default) to read 8-bit and 16-bit "
+                             f"images by their scale.")
+        return values
+    if rescale_factor is not None:
+        return array.astype(np.float32) * np.float32(rescale_factor)
+    return _to_unit_range(array, what)
+
+
 def _to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype.kind == "b":
         return array.astype(np.float32)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"Invalid pixel values: got {what} holding NaN or infinite values.")
     low, high = array.min(), array.max()
     if low < 0:
         raise ValueError(f"Negative pixel values (min {low:g}): got {what}; pixels must be in [0, 1] or "

@@ -83,7 +83,7 @@ INVALID: dict[str, tuple[Any, str, type[Exception]]] = {
     "empty": (np.zeros((0, 7, 3), np.uint8), r"Empty image.*shape \(0, 7, 3\)", ValueError),
     "two_channels": (np.zeros((6, 7, 2), np.uint8), r"No channel axis.*shape \(6, 7, 2\)", ValueError),
     "object": (np.zeros((6, 7), object), r"dtype object", TypeError),
-    "path": ("picture.png", r"builtins\.str", TypeError),
+    "path": ("picture.png", r"Cannot load the image 'picture\.png'", ValueError),
     "huge_ints": (torch.full((6, 7), 70000), r"up to 70000.*torch\.int64", ValueError),
 }
 

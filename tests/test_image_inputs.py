@@ -153,7 +153,9 @@ REFUSED = {
     "1-D": (np.zeros(6, np.uint8), ValueError, r"must be 2-D .* shape \(6,\) and dtype uint8"),
     "object dtype": (np.zeros((5, 6), object), TypeError, r"shape \(5, 6\) and dtype object"),
     "complex tensor": (torch.zeros(5, 6, dtype=torch.complex64), TypeError, r"dtype torch.complex64"),
-    "path string": ("picture.png", TypeError, r"type builtins.str.*PIL.Image.open"),
+    "missing path": ("picture.png", ValueError, r"Cannot load the image 'picture\.png': it is no file, no "
+                                                r"http\(s\) URL and no base64 image data"),
+    "bytes": (b"\x89PNG\r\n", TypeError, r"type builtins.bytes.*bytes are not read"),
     "None": (None, TypeError, r"type builtins.NoneType"),
 }
 
