@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--mmvp-original-answers", action="store_true",
+                        help="score MMVP with Questions.csv's own answers (default: known swapped ones corrected)")
     args = parser.parse_args(argv)
 
     import torch
@@ -46,20 +48,26 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import answering
     from .benchmarks import load_benchmark, run_benchmark
-    from .report import bar_chart, load_summaries, results_folder, save_result, table
+    from .report import bar_chart, decoding_settings, load_summaries, results_folder, run_metadata, save_result, table
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    loaded = load_benchmark(args.benchmark, args.data, args.image_root, args.limit)  # all rows checked first
+    loaded = load_benchmark(args.benchmark, args.data, args.image_root, args.limit,  # all rows checked first
+                            mmvp_original_answers=args.mmvp_original_answers)
     max_new_tokens = args.max_new_tokens or (30 if args.benchmark == "caption" else 8)
     for model in args.model:
         answerer = answering.ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)
         result = run_benchmark(loaded, answerer, model)
         if state.is_main_process:
-            print(f"wrote {save_result(result, args.results_dir)} ({state.num_processes} process(es))")
+            decoding = decoding_settings(answerer, strategy="greedy", do_sample=False, num_beams=1,
+                                         max_new_tokens=max_new_tokens, batch_size=args.batch_size)
+            run = run_metadata(model, decoding, getattr(args, "prompt", None))
+            print(f"wrote {save_result(result, args.results_dir, run)} ({state.num_processes} process(es))")
     if state.is_main_process:
         summaries = load_summaries(args.results_dir, args.benchmark, loaded.data_key)
         print(f"{args.benchmark} on {args.data} (data key {loaded.data_key}):")
         print(table(summaries))
+        for note in loaded.notes:
+            print(note)
         folder = results_folder(args.results_dir, args.benchmark, loaded.data_key)
         print(f"wrote {bar_chart(summaries, args.benchmark, folder / 'chart.png')}")
     return 0

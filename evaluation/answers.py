@@ -1,4 +1,5 @@
-"""From free-text model output to comparable answers: yes/no parsing and VQAv2's answer normalisation."""
+"""From free-text model output to comparable answers: yes/no parsing (ours and the three published POPE
+conventions) and VQAv2's answer normalisation."""
 
 from __future__ import annotations
 
@@ -64,13 +65,7 @@ _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 def normalize_vqa_answer(answer: str) -> str:
     """Punctuation, number words → digits, articles dropped, contractions restored, as VQAv2 scores answers."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    for mark in _PUNCTUATION:
-        if (mark + " " in text or " " + mark in text) or re.search(_COMMA_STRIP, text) is not None:
-            text = text.replace(mark, "")
-        else:
-            text = text.replace(mark, " ")
-    text = _PERIOD_STRIP.sub("", text)
+    text = vqa_punctuation(answer.replace("\n", " ").replace("\t", " ").strip())
     words = []
     for word in text.lower().split():
         word = _NUMBERS.get(word, word)
@@ -78,3 +73,51 @@ def normalize_vqa_answer(answer: str) -> str:
             continue
         words.append(_CONTRACTIONS.get(word, word))
     return " ".join(words)
+
+
+def vqa_punctuation(text: str) -> str:
+    """The VQA evaluation's processPunctuation, which VLMEvalKit reuses, quirks kept so scores match theirs.
+
+    Whether a mark is dropped or turned into a space is decided on the input text; the period pattern's broken
+    look-behind means any "." not followed by a digit goes; only the first 32 periods are removed (the original
+    passes re.UNICODE, 32, as `sub`'s count).
+    """
+    out = text
+    for mark in _PUNCTUATION:
+        if (mark + " " in text or " " + mark in text) or _COMMA_STRIP.search(text) is not None:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return _PERIOD_STRIP.sub("", out, count=32)
+
+
+# The three ways POPE answers are read in published numbers. Each is the source's rule, restated.
+
+def pope_official_answer(text: str) -> str:
+    """POPE's own evaluate.py (github.com/RUCAIBox/POPE): always "yes" or "no".
+
+    Only the text before the first "." counts; commas are removed; it is split on single spaces; if a word is
+    exactly "No", "not" or "no" the answer is no, otherwise yes (so "NO", "No!" or an empty answer read as yes).
+    """
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if any(word in ("No", "not", "no") for word in words) else "yes"
+
+
+def lmms_eval_answer(text: str) -> str:
+    """lmms-eval's POPE task (lmms_eval/tasks/pope/utils.py): the prediction lower-cased and stripped, compared
+    as a whole with the label; anything but exactly "yes"/"no" ("yes." included) matches neither."""
+    return text.lower().strip()
+
+
+def yorn_extraction(text: str) -> str:
+    """VLMEvalKit's YOrN_Extraction (vlmeval/dataset/utils/yorn.py) without an LLM judge ("exact_matching"):
+    lower-case, VQA punctuation processing, split on whitespace; "yes" if the word yes is there and no is not,
+    "no" for the reverse, else "unknown"."""
+    words = vqa_punctuation(text.lower()).split()
+    if "yes" in words and "no" not in words:
+        return "yes"
+    if "no" in words and "yes" not in words:
+        return "no"
+    return "unknown"

@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from .answering import ImageQuestionAnswerer, Question
-from .answers import parse_yes_no
-from .metrics import caption_metrics, mmvp_pair_accuracy, pope_metrics, vqa_soft_accuracy, yes_no_accuracy
+from .answers import lmms_eval_answer, parse_yes_no, pope_official_answer, yorn_extraction
+from .metrics import (
+    caption_metrics,
+    mmvp_pair_accuracy,
+    pope_metrics,
+    unmatched_counts,
+    vqa_soft_accuracy,
+    yes_no_accuracy,
+)
 from .result_keys import data_key
 from .rows import Row, read_located_rows, read_rows
 from .validation import RowRules, prepare_rows
@@ -25,6 +32,28 @@ POPE_QUESTION = "Is there a {object} in the image? Please answer yes or no."
 CAPTION_QUESTION = "Could you provide a short description of the image?"
 VQA_QUESTION = "{question} Please provide an accurate answer within one word."
 
+# Published POPE numbers read the same answers three ways; all three are reported, POPE's own is the headline
+# (`scores`). name: (how an answer is read, does recall count non-yes/no answers as misses, the rule and source).
+POPE_HEADLINE = "pope_official"
+POPE_CONVENTIONS: dict[str, tuple[Callable[[str], str], bool, str]] = {
+    "pope_official": (pope_official_answer, True, "POPE's evaluate.py (github.com/RUCAIBox/POPE): text before the "
+                      "first '.', commas removed, split on spaces; a word No/not/no -> no, anything else -> yes"),
+    "lmms_eval": (lmms_eval_answer, False, "lmms-eval lmms_eval/tasks/pope/utils.py: prediction.lower().strip() == "
+                  "label; recall = TP / (TP + answers exactly 'no' to yes-questions); its own pope_yes_ratio counts "
+                  "labels, the yes_ratio here counts predictions"),
+    "vlmevalkit": (yorn_extraction, True, "VLMEvalKit vlmeval/dataset/utils/yorn.py YOrN_Extraction + POPE_rating, "
+                   "exact matching (no LLM judge): 'yes' without 'no' -> yes, 'no' without 'yes' -> no, else "
+                   "Unknown, which is wrong and not a positive; VLMEvalKit's headline is the overall F1"),
+}
+
+# Known wrong answers of the public MMVP Questions.csv (1-based Index; github.com/tsb0601/MMVP and the
+# huggingface.co/datasets/MMVP/MMVP copy): in two pairs the answers of the two questions are swapped. Reported in
+# tsb0601/MMVP issues #14 (279/280) and #30 (99, 100, 279, 280), checked in EvolvingLMMs-Lab/lmms-eval issue #1018
+# and corrected the same way by lmms-eval's MMVP task (lmms_eval/tasks/mmvp README, "Ground Truth Corrections").
+# Index: (a word its question must contain, the right option). A file whose question differs is left alone.
+MMVP_CORRECTIONS = {99: ("tusks", "(b)"), 100: ("tusks", "(a)"), 279: ("sitting", "(b)"), 280: ("sitting", "(a)")}
+MMVP_SOURCES = "tsb0601/MMVP issues #14, #30; EvolvingLMMs-Lab/lmms-eval issue #1018"
+
 
 @dataclass
 class BenchmarkResult:
@@ -35,10 +64,11 @@ class BenchmarkResult:
     skipped: dict[str, int] = field(default_factory=dict)
     data_key: str | None = None  # None: results kept under the benchmark folder itself (the matching commands)
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. POPE's headline and conventions, MMVP's answers
 
     def summary(self) -> dict[str, Any]:
         return {"benchmark": self.benchmark, "model": self.model, "scores": self.scores,
-                "evaluated": len(self.records), "skipped": self.skipped, "data_key": self.data_key}
+                "evaluated": len(self.records), "skipped": self.skipped, "data_key": self.data_key, **self.details}
 
 
 @dataclass
@@ -50,13 +80,38 @@ class LoadedBenchmark:
     skipped: dict[str, int]
     skipped_rows: list[dict[str, Any]]
     data_key: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def notes(self) -> list[str]:
+        """Lines a report prints under its table (e.g. which MMVP answers were used)."""
+        return [part["note"] for part in self.details.values() if isinstance(part, dict) and "note" in part]
 
 
-def read_public_layout(benchmark: str, folder: Path) -> list[Row]:
+def read_public_layout(benchmark: str, folder: Path, mmvp_original_answers: bool = False) -> list[Row]:
     """POPE: `coco_pope_{random,popular,adversarial}.json` (JSON lines: image, text, label; the split from the
-    file name). MMVP: `Questions.csv` (Index, Question, Options, Correct Answer) with `MMVP Images/<Index>.jpg`;
-    questions 1-2, 3-4, ... are the pairs."""
-    return [row for _, rows in _public_layout(benchmark, folder) for row in rows]
+    file name). MMVP: `Questions.csv` (Index, Question, Options, Correct Answer; the Hugging Face copy spells the
+    first column `lndex`) with `MMVP Images/<Index>.jpg`; questions 1-2, 3-4, ... are the pairs; the known wrong
+    answers (MMVP_CORRECTIONS) are corrected unless `mmvp_original_answers`."""
+    rows = [row for _, part in _public_layout(benchmark, folder) for row in part]
+    if benchmark == "mmvp" and not mmvp_original_answers:
+        correct_mmvp_answers(rows)
+    return rows
+
+
+def correct_mmvp_answers(rows: list[Row]) -> list[int]:
+    """Sets the right answer at each MMVP_CORRECTIONS index whose question matches; the Index values changed (the
+    file's answer kept as `answer_original`). Already-right answers stay as they are."""
+    changed = []
+    for row in rows:
+        fields = row.fields
+        fix = MMVP_CORRECTIONS.get(fields.get("index"))
+        if fix is None or fix[0] not in str(fields["question"]).lower():
+            continue
+        if str(fields["answer"]).strip().lower().strip("()")[:1] != fix[1][1]:
+            fields["answer_original"], fields["answer"] = fields["answer"], fix[1]
+            changed.append(fields["index"])
+    return changed
 
 
 def _public_layout(benchmark: str, folder: Path) -> list[tuple[Path, list[Row]]]:
@@ -72,35 +127,61 @@ def _public_layout(benchmark: str, folder: Path) -> list[tuple[Path, list[Row]]]
         rows = []
         for row in read_located_rows(path):
             fields = row.fields
-            if missing := [c for c in ("Index", "Question", "Options", "Correct Answer") if c not in fields]:
+            index_column = "Index" if "Index" in fields or "lndex" not in fields else "lndex"
+            if missing := [c for c in (index_column, "Question", "Options", "Correct Answer") if c not in fields]:
                 raise ValueError(f"{row.where}: no {', '.join(missing)} column (MMVP's Questions.csv has them).")
             try:
-                pair = (int(fields["Index"]) - 1) // 2
+                index = int(fields[index_column])
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{row.where}: Index {fields['Index']!r} is not a question number.") from error
-            rows.append(Row({"image": f"MMVP Images/{fields['Index']}.jpg", "question": fields["Question"],
-                             "options": fields["Options"], "answer": fields["Correct Answer"],
-                             "pair_id": pair}, path, row.line, row.unit))
+                raise ValueError(f"{row.where}: Index {fields[index_column]!r} is not a question number.") from error
+            rows.append(Row({"image": f"MMVP Images/{fields[index_column]}.jpg", "index": index,
+                             "question": fields["Question"], "options": fields["Options"],
+                             "answer": fields["Correct Answer"], "pair_id": (index - 1) // 2},
+                            path, row.line, row.unit))
         return [(path, rows)]
     raise ValueError(f"{benchmark} reads a data file, not a folder.")
 
 
 def load_benchmark(benchmark: str, data: str | Path, image_root: str | Path | None = None,
-                   limit: int | None = None) -> LoadedBenchmark:
-    """Reads and checks every row (and opens the images of the rows within `limit`) before anything is answered."""
+                   limit: int | None = None, mmvp_original_answers: bool = False) -> LoadedBenchmark:
+    """Reads and checks every row (and opens the images of the rows within `limit`) before anything is answered.
+
+    MMVP's public Questions.csv (its folder, or the file itself) gets its known wrong answers corrected unless
+    `mmvp_original_answers`; the data key then names the corrected data, so the two never share a table."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}.")
     rules = BENCHMARKS[benchmark][0]
     data = Path(data)
-    if data.is_dir():  # a benchmark's public folder layout
-        files = _public_layout(benchmark, data)
-        rows, default_root = [row for _, part in files for row in part], data
+    public = data if data.is_dir() else data.parent if (benchmark, data.name) == ("mmvp", "Questions.csv") else None
+    name, details = data.name, {}
+    if public is not None:  # a benchmark's public folder layout
+        files = _public_layout(benchmark, public)
+        rows, default_root = [row for _, part in files for row in part], public
     else:
         rows, default_root = read_located_rows(data), data.parent
         files = [(data, rows)]
+    if benchmark == "mmvp":
+        changed = [] if mmvp_original_answers or public is None else correct_mmvp_answers(rows)
+        details["ground_truth"] = _mmvp_note(changed, mmvp_original_answers, public is not None)
+        name = f"{Path(name).stem}-corrected" if changed else name
     prepared = prepare_rows(rows, Path(image_root) if image_root else default_root, rules, limit)
     return LoadedBenchmark(benchmark, prepared.rows, prepared.skipped, prepared.skipped_rows,
-                           data_key(data.name, [path for path, _ in files], limit))
+                           data_key(name, [path for path, _ in files], limit), details)
+
+
+def _mmvp_note(changed: list[int], original: bool, public: bool) -> dict[str, Any]:
+    known = ", ".join(map(str, MMVP_CORRECTIONS))
+    if not public:
+        note = "MMVP ground truth: the data file's answers (corrections apply to the public Questions.csv only)."
+    elif original:
+        note = (f"MMVP ground truth: the file's own answers (--mmvp-original-answers), known wrong ones at Index "
+                f"{known} included ({MMVP_SOURCES}).")
+    elif changed:
+        note = (f"MMVP ground truth: corrected at Index {', '.join(map(str, changed))} (swapped answers of the public "
+                f"Questions.csv; {MMVP_SOURCES}); --mmvp-original-answers scores the file as it is.")
+    else:
+        note = f"MMVP ground truth: the file's answers (no known wrong answer found at Index {known})."
+    return {"corrected": changed, "original_answers": original, "note": note}
 
 
 def run_benchmark(loaded: LoadedBenchmark, answerer: ImageQuestionAnswerer, model_name: str = "") -> BenchmarkResult:
@@ -110,15 +191,19 @@ def run_benchmark(loaded: LoadedBenchmark, answerer: ImageQuestionAnswerer, mode
     answers = answerer.answer(questions)
     records = [{**{k: v for k, v in row.items() if k != "image_path"}, "prompt": questions[i].text,
                 "prediction": answers[i]} for i, row in enumerate(rows)]
-    return BenchmarkResult(loaded.benchmark, model_name, score(records) if records else {}, records,
-                           dict(loaded.skipped), loaded.data_key, list(loaded.skipped_rows))
+    scored = score(records) if records else {}  # numbers are scores; dicts are details (headline, conventions)
+    scores = {k: v for k, v in scored.items() if not isinstance(v, dict)}
+    details = {**loaded.details, **{k: v for k, v in scored.items() if isinstance(v, dict)}}
+    return BenchmarkResult(loaded.benchmark, model_name, scores, records, dict(loaded.skipped), loaded.data_key,
+                           list(loaded.skipped_rows), details)
 
 
 def evaluate_benchmark(benchmark: str, answerer: ImageQuestionAnswerer, data: str | Path,
                        image_root: str | Path | None = None, limit: int | None = None,
-                       model_name: str = "") -> BenchmarkResult:
+                       model_name: str = "", mmvp_original_answers: bool = False) -> BenchmarkResult:
     """`load_benchmark` then `run_benchmark`, for one model."""
-    return run_benchmark(load_benchmark(benchmark, data, image_root, limit), answerer, model_name)
+    return run_benchmark(load_benchmark(benchmark, data, image_root, limit, mmvp_original_answers), answerer,
+                         model_name)
 
 
 def _yes_no_records(records: list[dict[str, Any]], label_key: str) -> tuple[list[str | None], list[str]]:
@@ -136,15 +221,33 @@ def _score_robustvqa(records: list[dict[str, Any]]) -> dict[str, float]:
     return scores
 
 
-def _score_pope(records: list[dict[str, Any]]) -> dict[str, float]:
-    predictions, labels = _yes_no_records(records, "label")
-    scores = pope_metrics(predictions, labels)
+def _score_pope(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scores (POPE's official rule, overall and `<split>_<metric>`), plus every convention's numbers, overall and
+    per split, with the count of answers it could not read; each record keeps each convention's reading."""
+    labels = [str(r["label"]).strip().lower() for r in records]
     splits = sorted({r.get("split", "") for r in records} - {""})
-    for split in splits:
-        subset = [i for i, r in enumerate(records) if r.get("split") == split]
-        for name, value in pope_metrics([predictions[i] for i in subset], [labels[i] for i in subset]).items():
-            scores[f"{split}_{name}"] = value
-    return scores
+    groups = {"overall": list(range(len(records)))}
+    groups.update({split: [i for i, r in enumerate(records) if r.get("split") == split] for split in splits})
+    conventions: dict[str, Any] = {}
+    for name, (read, recall_counts_unmatched, rule) in POPE_CONVENTIONS.items():
+        predictions = [read(r["prediction"]) for r in records]
+        for record, reading in zip(records, predictions):
+            record["parsed" if name == POPE_HEADLINE else f"parsed_{name}"] = reading
+        conventions[name] = {"rule": rule}
+        for group, subset in groups.items():
+            picked = [predictions[i] for i in subset]
+            conventions[name][group] = {**pope_metrics(picked, [labels[i] for i in subset], recall_counts_unmatched),
+                                        **unmatched_counts(picked), "count": len(subset)}
+    scores = {}
+    for group in groups:
+        for metric in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+            value = conventions[POPE_HEADLINE][group][metric]
+            scores[metric if group == "overall" else f"{group}_{metric}"] = value
+    headline = {"convention": POPE_HEADLINE, "metric": "accuracy",
+                "note": "POPE scores follow POPE's official evaluate.py (headline); lmms-eval's and VLMEvalKit's "
+                        "readings of the same answers are under 'conventions' (compare a published number with the "
+                        "convention it used)."}
+    return {**scores, "headline": headline, "conventions": conventions}
 
 
 def _score_mmvp(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -13,15 +13,19 @@ def yes_no_accuracy(predictions: Sequence[str | None], labels: Sequence[str]) ->
     return sum(p == y for p, y in zip(predictions, labels)) / len(labels) if labels else float("nan")
 
 
-def pope_metrics(predictions: Sequence[str | None], labels: Sequence[str]) -> dict[str, float]:
-    """POPE: accuracy, precision, recall and F1 with "yes" as positive, and the share of "yes" answers.
+def pope_metrics(predictions: Sequence[str | None], labels: Sequence[str],
+                 recall_counts_unmatched: bool = True) -> dict[str, float]:
+    """POPE: accuracy, precision, recall and F1 with "yes" as positive, and the share of predictions that are yes.
 
-    An unparsed answer counts as neither yes nor no: wrong for accuracy, not a positive prediction.
+    A prediction other than "yes"/"no" (unparsed, VLMEvalKit's Unknown, lmms-eval's non-exact text) is wrong for
+    accuracy and never a positive. With `recall_counts_unmatched=False` (lmms-eval's recall) a yes-question so
+    answered is left out of recall, whose misses are only the answers "no"; VLMEvalKit and POPE count it as a miss.
     """
     _same_length(predictions, labels)
-    tp = sum(p == "yes" and y == "yes" for p, y in zip(predictions, labels))
-    fp = sum(p == "yes" and y == "no" for p, y in zip(predictions, labels))
-    fn = sum(p != "yes" and y == "yes" for p, y in zip(predictions, labels))
+    pairs = list(zip(predictions, labels))
+    tp = sum(p == "yes" and y == "yes" for p, y in pairs)
+    fp = sum(p == "yes" and y == "no" for p, y in pairs)
+    fn = sum(y == "yes" and (p != "yes" if recall_counts_unmatched else p == "no") for p, y in pairs)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {
@@ -31,6 +35,12 @@ def pope_metrics(predictions: Sequence[str | None], labels: Sequence[str]) -> di
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "yes_ratio": sum(p == "yes" for p in predictions) / len(predictions) if predictions else float("nan"),
     }
+
+
+def unmatched_counts(predictions: Sequence[str | None]) -> dict[str, float]:
+    """How many predictions are neither "yes" nor "no" (counted as wrong above), and their share."""
+    count = sum(p not in ("yes", "no") for p in predictions)
+    return {"unknown": count, "unknown_ratio": count / len(predictions) if predictions else float("nan")}
 
 
 def mmvp_pair_accuracy(correct: Sequence[bool], pair_ids: Sequence[str | int]) -> float:

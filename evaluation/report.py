@@ -1,10 +1,15 @@
-"""Results on disk (per-sample JSON + summary), a Table-1-style text table and a bar chart of the runs on one data.
+"""Results on disk (per-sample JSON + summary + how the run was made), a Table-1-style text table and a bar chart
+of the runs on one data.
 
 File naming (one file per model and data, tables per data) is `result_keys`'s rule."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +35,80 @@ def result_path(result: BenchmarkResult, results_dir: str | Path) -> Path:
     return folder / result.data_key / f"{model_key(result.model)}.json"
 
 
-def save_result(result: BenchmarkResult, results_dir: str | Path) -> Path:
-    """Writes the summary, the per-sample records and where each skipped row was; replaces only this run's file."""
+def save_result(result: BenchmarkResult, results_dir: str | Path, run: dict[str, Any] | None = None) -> Path:
+    """Writes the summary (with `run`, see `run_metadata`), the per-sample records and where each skipped row was;
+    replaces only this run's file."""
     path = result_path(result, results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {**result.summary(), "model_identity": model_identity(result.model)}
+    if run is not None:
+        summary["run"] = run
     path.write_text(json.dumps({"summary": summary, "records": result.records, "skipped_rows": result.skipped_rows},
                                indent=2, default=str))
     return path
+
+
+def run_metadata(model: str | Path, decoding: dict[str, Any], prompt: str | None = None) -> dict[str, Any]:
+    """What a rerun needs to reproduce the numbers: decoding settings, prompt name, model revision, versions."""
+    return {"decoding": decoding, "prompt": prompt, "model_revision": model_revision(model),
+            "versions": {**{name: _version(name) for name in ("deem-hf", "transformers", "torch")},
+                         "python": platform.python_version()}}
+
+
+def decoding_settings(answerer: Any, **known: Any) -> dict[str, Any]:
+    """The answerer's own account of its decoding (a dict, or a method returning one, named `decoding`,
+    `decoding_settings` or `generation_settings`) over what the command knows."""
+    for name in ("decoding", "decoding_settings", "generation_settings"):
+        value = getattr(answerer, name, None)
+        value = value() if callable(value) else value
+        if isinstance(value, dict):
+            return {**known, **value}
+    return known
+
+
+def model_revision(model: str | Path) -> dict[str, Any]:
+    """A local folder: sha256 over config.json's bytes and the weight files' names and sizes (reading the weights
+    would take minutes), plus the commit when the folder is a hub cache snapshot or a git checkout. A hub id: the
+    commit its cached `main` resolves to, found offline (None when not cached)."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return {"hub_id": str(model), "commit": _cached_commit(str(model))}
+    digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").is_file() else b"")
+    weights = {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file() and (
+        f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.endswith(".index.json"))}
+    for name, size in weights.items():
+        digest.update(f"\0{name}\0{size}".encode())
+    commit = path.resolve().name if path.resolve().parent.name == "snapshots" else _git_commit(path)
+    return {"folder": str(path.resolve()), "content_sha256": digest.hexdigest(), "weight_files": weights,
+            "commit": commit}
+
+
+def _cached_commit(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id, or no hub library: nothing to resolve
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def _git_commit(path: Path) -> str | None:
+    if not (path / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def results_folder(results_dir: str | Path, benchmark: str, data_key: str | None = None) -> Path:
@@ -61,6 +132,31 @@ def table(summaries: list[dict[str, Any]]) -> str:
     rows = [[s["model"], *(f"{100 * s['scores'][c]:.2f}" if c in s["scores"] and c != "cider"
                            else f"{s['scores'].get(c, float('nan')):.3f}" for c in columns),
              str(s["evaluated"]), skip_counts(s["skipped"])] for s in summaries]
+    text = _aligned(header, rows)
+    if any("conventions" in s for s in summaries):
+        text += "\n\n" + conventions_table(summaries)
+    return text
+
+
+def conventions_table(summaries: list[dict[str, Any]]) -> str:
+    """POPE under each convention (overall and per split), so a published number can be compared with the same
+    reading of the answers; `unknown` counts answers the convention reads as neither yes nor no (scored wrong)."""
+    metrics = ["accuracy", "precision", "recall", "f1", "yes_ratio"]
+    header = ["model", "convention", "split", *metrics, "unknown"]
+    rows = []
+    for s in summaries:
+        for name, convention in s.get("conventions", {}).items():
+            for split, values in convention.items():
+                if isinstance(values, dict):
+                    rows.append([s["model"], name, split, *(f"{100 * values[m]:.2f}" for m in metrics),
+                                 f"{values['unknown']} ({100 * values['unknown_ratio']:.1f}%)"])
+    headline = next((s["headline"] for s in summaries if "headline" in s), {})
+    title = (f"Headline: {headline.get('convention')} (the columns above). "
+             "The same answers under each convention (rules and sources in the results JSON):")
+    return title + "\n" + _aligned(header, rows)
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -18,6 +18,7 @@ from PIL import Image
 from .images import open_image, to_rgb
 
 Scorer = Callable[[Image.Image, Sequence[str]], Sequence[float]]
+MMVP_VLM_IMAGE_FOLDERS = ("MLLM_VLM Images", "MLLM_VLM_Images", "MMVP_VLM Images", "MMVP_VLM_Images")
 
 
 def pair_matrix(scorer: Scorer, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
@@ -39,10 +40,13 @@ def winoground_scores(matrix: np.ndarray) -> dict[str, bool]:
 
 def load_mmvp_vlm(folder: str | Path) -> list[dict[str, Any]]:
     """MMVP-VLM's public layout: `Questions.csv` (question id, type = visual pattern, statement) and images
-    `<images>/<type>/<id>.jpg` (images folder: `MMVP_VLM Images`, `images` or the folder itself). Consecutive ids
-    of one type form a pair."""
+    `<images>/<type>/<id>.jpg`. Consecutive ids of one type form a pair.
+
+    The images folder is `MLLM_VLM Images` in the release (huggingface.co/datasets/MMVP/MMVP_VLM, and the path
+    tsb0601/MMVP's scripts/evaluate_vlm.py opens); copies also name it with an underscore for the space or with
+    MMVP for MLLM, so all four spellings are read, then `images` or the folder itself."""
     folder = Path(folder)
-    with (folder / "Questions.csv").open(newline="") as handle:
+    with (folder / "Questions.csv").open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise ValueError(f"{folder / 'Questions.csv'} has no rows.")
@@ -52,7 +56,7 @@ def load_mmvp_vlm(folder: str | Path) -> list[dict[str, Any]]:
     text_key = key.get("statement") or key.get("question")
     if not (id_key and type_key and text_key):
         raise ValueError(f"Questions.csv needs question id, type and statement columns; got {list(rows[0])}.")
-    roots = [folder / "MMVP_VLM Images", folder / "images", folder]
+    roots = [folder / name for name in MMVP_VLM_IMAGE_FOLDERS] + [folder / "images", folder]
     items = []
     for first, second in zip(rows[0::2], rows[1::2]):
         if first[type_key] != second[type_key]:
