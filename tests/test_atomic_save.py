@@ -48,16 +48,21 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_save(tmp_path):
     outcomes, interrupted = [], 0
     for _ in range(8):
         old.save_pretrained(target, max_shard_size=SHARD)
+        ready, go = os.pipe()
         child = os.fork()
         if child == 0:  # the child saves the new model over the old one and is killed part-way
             try:
                 # tqdm's write lock is a semaphore shared across fork: a child killed holding it would hang us.
                 tqdm.set_lock(threading.RLock())
                 disable_progress_bar()
+                os.write(go, b"1")
                 new.save_pretrained(target, max_shard_size=SHARD)
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0, duration * 1.2))
+        os.read(ready, 1)  # the save starts now: kill it somewhere inside
+        os.close(ready)
+        os.close(go)
+        time.sleep(rng.uniform(0, duration * 0.8))
         os.kill(child, signal.SIGKILL)
         _, status = os.waitpid(child, 0)
         interrupted += os.WIFSIGNALED(status)
