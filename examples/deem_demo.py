@@ -58,6 +58,7 @@ def main() -> None:
     model = DeemForConditionalGeneration(DeemConfig.from_pretrained(args.config))
     dataset = make_shapes_dataset(num_rows=96, seed=args.seed)
     recipe = STAGES["stage1"]
+    recipe.configure_processor(processor, image_size=processor.image_processor.size)  # stage I's centre crop, tiny size
     training_args = recipe.training_arguments(
         str(out / "trainer"), max_steps=args.steps, warmup_steps=max(1, args.steps // 10), learning_rate=1e-3,
         per_device_train_batch_size=4, logging_steps=min(5, args.steps), save_strategy="no", report_to="none", use_cpu=True,

@@ -3,9 +3,14 @@
 Both views, and any region mask, come from the same crop and flip, so the CSR target is never mirrored
 against the encoder input (a defect of the original code). Exported as remote code: flat, sibling imports only.
 
+Geometry (`crop`, the stage recipes set it): "random" — training takes a random square of 0.8–1.0 of the short
+side (`random_crop_scale`), inference the centred square; "center" — the centred square always (paper Table 12,
+stage I); "none" — the whole image resized to a square, nothing cut off (stages II/III: text, left/right and
+regions stay where they are). `flip` — a random horizontal flip in training (off in the recipes).
+
 Options are transformers' `ImagesKwargs`, given at construction (saved in the config) or per call: `size`,
 `do_rescale`/`rescale_factor` (their meaning for DEEM: `image_inputs_deem`), `do_normalize`, `image_mean`/`image_std`,
-`return_tensors`, `device`; DEEM adds `decoder_size`, `random_crop_scale` and, per call, `return_decoder_views`,
+`return_tensors`, `device`; DEEM adds `decoder_size`, `crop`, `flip`, `random_crop_scale` and, per call, `return_decoder_views`,
 `train`, `seed`. Standard options that DEEM's fixed square crop and resize cannot follow (`crop_size`, `resample`,
 `do_pad`, ...) are refused with an error, never ignored.
 
@@ -48,6 +53,8 @@ class DeemImageProcessorKwargs(ImagesKwargs, total=False):
     """DEEM's own image options next to transformers' standard ones (routed here by `ProcessorMixin._merge_kwargs`)."""
 
     decoder_size: int
+    crop: str
+    flip: bool
     random_crop_scale: list[float]
     return_decoder_views: bool
     train: bool
@@ -110,6 +117,8 @@ class DeemImageProcessor(BaseImageProcessor):
         image_mean: float | list[float] | None = None,
         image_std: float | list[float] | None = None,
         random_crop_scale: list[float] | None = None,
+        crop: str = "random",
+        flip: bool = True,
         do_rescale: bool = True,
         rescale_factor: float = DEFAULT_RESCALE_FACTOR,
         do_normalize: bool = True,
@@ -122,6 +131,8 @@ class DeemImageProcessor(BaseImageProcessor):
         self.image_mean = _per_channel(OPENAI_CLIP_MEAN if image_mean is None else image_mean, "image_mean")
         self.image_std = _per_channel(OPENAI_CLIP_STD if image_std is None else image_std, "image_std")
         self.random_crop_scale = list(random_crop_scale or [0.8, 1.0])
+        self.crop = _crop_mode(crop)
+        self.flip = bool(flip)
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
@@ -135,13 +146,16 @@ class DeemImageProcessor(BaseImageProcessor):
             return [self.fetch_images(item) for item in image_url_or_urls]
         return load_image_source(image_url_or_urls) if is_image_source(image_url_or_urls) else image_url_or_urls
 
-    def _crop_box(self, height: int, width: int, train: bool, rng: random.Random,
-                  crop_scale: list[float]) -> tuple[int, int, int]:
+    @staticmethod
+    def _crop_box(height: int, width: int, options: dict[str, Any], rng: random.Random) -> tuple[int, int, int, int]:
+        """(top, left, box height, box width) of the region both views are made from."""
+        if options["crop"] == "none":
+            return 0, 0, height, width
         side = min(height, width)
-        if train:
-            side = max(1, int(side * rng.uniform(*crop_scale)))
-            return rng.randint(0, height - side), rng.randint(0, width - side), side
-        return (height - side) // 2, (width - side) // 2, side
+        if options["train"] and options["crop"] == "random":
+            side = max(1, int(side * rng.uniform(*options["random_crop_scale"])))
+            return rng.randint(0, height - side), rng.randint(0, width - side), side, side
+        return (height - side) // 2, (width - side) // 2, side, side
 
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """This call's options: its own, else the processor's (None counts as not given, as in transformers)."""
@@ -153,7 +167,9 @@ class DeemImageProcessor(BaseImageProcessor):
         def pick(name: str) -> Any:
             return getattr(self, name) if kwargs.get(name) is None else kwargs[name]
 
-        options = {name: pick(name) for name in ("do_rescale", "rescale_factor", "do_normalize", "random_crop_scale")}
+        options = {name: pick(name) for name in ("do_rescale", "rescale_factor", "do_normalize", "random_crop_scale",
+                                                 "flip")}
+        options["crop"] = _crop_mode(pick("crop"))
         options.update(
             size=_square_size(pick("size"), "size"), decoder_size=_square_size(pick("decoder_size"), "decoder_size"),
             image_mean=_per_channel(pick("image_mean"), "image_mean"),
@@ -191,9 +207,9 @@ class DeemImageProcessor(BaseImageProcessor):
                 kind = TypeError if isinstance(error, TypeError) else ValueError
                 raise kind(f"Image {index}: {error}") from error
             _, height, width = pixels.shape
-            top, left, side = self._crop_box(height, width, train, rng, options["random_crop_scale"])
-            flip = train and rng.random() < 0.5
-            crop = pixels[:, top : top + side, left : left + side]
+            top, left, box_height, box_width = self._crop_box(height, width, options, rng)
+            flip = train and bool(options["flip"]) and rng.random() < 0.5
+            crop = pixels[:, top : top + box_height, left : left + box_width]
             crop = crop.flip(-1) if flip else crop
             # Resizing may overshoot (bicubic) but never beyond [0, 1] or the crop's own range.
             low, high = min(0.0, float(crop.min())), max(1.0, float(crop.max()))
@@ -210,7 +226,7 @@ class DeemImageProcessor(BaseImageProcessor):
                 raise ValueError(
                     f"The mask of image {index} has size {tuple(mask.shape)} but the image is {(height, width)}."
                 )
-            mask = mask[top : top + side, left : left + side]
+            mask = mask[top : top + box_height, left : left + box_width]
             mask = mask.flip(-1) if flip else mask
             masks.append(_resize(mask[None], size)[0])
         data = {"pixel_values": torch.stack(encoder_views)}
@@ -228,8 +244,14 @@ class DeemImageProcessor(BaseImageProcessor):
         return [Image.fromarray(a) for a in array]
 
 
+def _crop_mode(value: Any) -> str:
+    if value not in ("random", "center", "none"):
+        raise ValueError(f"crop must be 'random', 'center' or 'none', got {value!r}.")
+    return value
+
+
 def _resize(tensor: torch.Tensor, size: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    mode = "bicubic" if tensor.shape[-1] < size else "area"
+    mode = "bicubic" if min(tensor.shape[-2:]) < size else "area"
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
     resized = F.interpolate(tensor[None], size=(size, size), mode=mode, **kwargs)[0]
     return resized.clamp(low, high)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "hub_configs" / "deem-tiny")
 BASE = ["--config_name", TINY, "--dataset", "shapes", "--max_train_samples", "32", "--use_cpu",
         "--report_to", "none", "--logging_steps", "1", "--warmup_steps", "0", "--learning_rate", "1e-3",
-        "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0"]
+        "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0", "--image_size", "processor"]
 
 
 def script(output_dir: Path, *extra: str) -> list[str]:
@@ -183,8 +183,12 @@ def test_llava_jsonl_with_an_image_folder(tmp_path):
     trainer = main(["--output_dir", str(tmp_path / "out"), "--stage", "stage2", "--config_name", TINY,
                     "--dataset", str(tmp_path / "llava.jsonl"), "--data_format", "llava", "--image_root",
                     str(images), "--use_cpu", "--report_to", "none", "--max_steps", "2", "--logging_steps", "1",
-                    "--per_device_train_batch_size", "2", "--save_strategy", "no", "--image_size", "stage"])
-    assert trainer.data_collator.processor.image_processor.size == 448
+                    "--per_device_train_batch_size", "2", "--save_strategy", "no"])
+    # Stage II's recipe by default: 448 px, the whole image, no flip; and the saved processor says so.
+    image_processor = trainer.data_collator.processor.image_processor
+    assert (image_processor.size, image_processor.crop, image_processor.flip) == (448, "none", False)
+    saved = json.loads((tmp_path / "out" / "processor_config.json").read_text())["image_processor"]
+    assert (saved["size"], saved["crop"], saved["flip"]) == (448, "none", False)
     logs = [entry for entry in trainer.state.log_history if "ntp_loss" in entry]
     assert len(logs) == 2 and all("csr_loss" in entry for entry in logs)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -37,6 +37,8 @@ class StageRecipe:
     nip_loss_weight: float
     csr_loss_weight: float
     image_size: int
+    crop: str = "none"  # the image processor's geometry (see DeemImageProcessor): Table 12's augmentation
+    flip: bool = False
     decoder_image_size: int = 512
     with_image_decoder: bool = True
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -74,6 +76,18 @@ class StageRecipe:
         values["warmup_steps"] = self.fitted_warmup(values["warmup_steps"], values["max_steps"])
         return TrainingArguments(**values)  # an unknown override is a TypeError, not silently dropped
 
+    def configure_processor(self, processor: Any, image_size: int | None = None, crop: str | None = None,
+                            flip: bool | None = None) -> Any:
+        """Give the processor this stage's input size and augmentation (an explicit value wins). Training and the
+        checkpoint's saved processor then use the same geometry, so evaluation sees images as training did."""
+        image_processor = processor.image_processor
+        image_processor.size = self.image_size if image_size is None else int(image_size)
+        image_processor.crop = self.crop if crop is None else crop
+        image_processor.flip = self.flip if flip is None else bool(flip)
+        if image_processor.crop not in ("random", "center", "none"):
+            raise ValueError(f"crop must be 'random', 'center' or 'none', got {image_processor.crop!r}.")
+        return processor
+
     def fitted_warmup(self, warmup_steps: float, max_steps: int) -> float:
         """The warm-up for a run of `max_steps`. A warm-up as long as the run never reaches the learning rate, so
         a run shorter than its warm-up keeps the recipe's warm-up fraction instead (stage I: 1,000 of 10,000
@@ -97,7 +111,7 @@ STAGES: dict[str, StageRecipe] = {
         name="stage1",
         learning_rates={"vision_trunk": 2e-5, "mask_extractor": 1e-4, "image_side": 1e-4, "condition_side": 1e-4,
                         **_MMFS_STAGE_ONE},
-        nip_loss_weight=5.0, csr_loss_weight=5.0, image_size=256,
+        nip_loss_weight=5.0, csr_loss_weight=5.0, image_size=256, crop="center",
         adam_betas=(0.9, 0.995), adam_epsilon=1e-6, warmup_steps=1000,
     ),
     "stage2": StageRecipe(

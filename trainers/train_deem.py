@@ -54,8 +54,15 @@ class DataArguments:
     streaming: bool = field(default=False)
     packing_max_length: int | None = field(default=None, metadata={"help": "Pack samples up to this many tokens."})
     max_train_samples: int | None = field(default=None)
-    image_size: str = field(default="processor", metadata={
-        "help": "Encoder input size: 'processor' (the processor's own), 'stage' (the recipe's 256/448) or pixels."})
+    image_size: str = field(default="stage", metadata={
+        "help": "Encoder input size: 'stage' (the recipe's: 256 in stage I, 448 after), 'processor' (the processor's "
+                "own) or pixels."})
+    crop: str = field(default="stage", metadata={
+        "help": "Image geometry: 'stage' (the recipe's: center crop in stage I, the whole image after), 'processor', "
+                "'random', 'center' or 'none'.", "choices": ["stage", "processor", "random", "center", "none"]})
+    flip: str = field(default="stage", metadata={
+        "help": "Random horizontal flip in training: 'stage' (off in every recipe), 'processor', 'yes' or 'no'.",
+        "choices": ["stage", "processor", "yes", "no"]})
 
 
 @dataclass
@@ -148,9 +155,13 @@ def main(argv: list[str] | None = None) -> DeemTrainer:
     model = build_model(model_args, stage_args.stage)
     processor = DeemProcessor.from_pretrained(
         model_args.processor_name_or_path or model_args.model_name_or_path or model_args.config_name)
-    if data_args.image_size != "processor":
-        processor.image_processor.size = recipe.image_size if data_args.image_size == "stage" else int(
-            data_args.image_size)
+    image_processor = processor.image_processor
+    recipe.configure_processor(
+        processor,
+        image_size={"stage": None, "processor": image_processor.size}.get(data_args.image_size, data_args.image_size),
+        crop={"stage": None, "processor": image_processor.crop}.get(data_args.crop, data_args.crop),
+        flip={"stage": None, "processor": image_processor.flip, "yes": True, "no": False}[data_args.flip],
+    )
     collator = DeemDataCollator(processor, decoder_views=recipe.with_image_decoder, seed=training_args.seed)
     if data_args.packing_max_length:
         collator = DeemPackingCollator(collator, max_length=data_args.packing_max_length)
