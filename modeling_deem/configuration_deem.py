@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from transformers import Blip2QFormerConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import AutoConfig
 

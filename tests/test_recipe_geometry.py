@@ -4,12 +4,11 @@ no flip; encoder view, decoder view and region mask always share the geometry.""
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from processing import DeemProcessor
 from trainers import STAGES
-
-from conftest import TINY
 
 
 def striped(width: int = 120, height: int = 60) -> tuple[Image.Image, np.ndarray]:
