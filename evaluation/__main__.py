@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--prompt", choices=("paper", "generic"), default="paper",
+                        help="paper: Figure 8's layout (DEEM also gets its answer prefix); generic: image + question "
+                             "in the model's chat template (see evaluation/answering.py)")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--mmvp-original-answers", action="store_true",
                         help="score MMVP with Questions.csv's own answers (default: known swapped ones corrected)")
@@ -55,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                             mmvp_original_answers=args.mmvp_original_answers)
     max_new_tokens = args.max_new_tokens or (30 if args.benchmark == "caption" else 8)
     for model in args.model:
-        answerer = answering.ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size)
+        answerer = answering.ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size,
+                                                   prompt=args.prompt, task=args.benchmark)
         result = run_benchmark(loaded, answerer, model)
         if state.is_main_process:
             decoding = decoding_settings(answerer, strategy="greedy", do_sample=False, num_beams=1,
                                          max_new_tokens=max_new_tokens, batch_size=args.batch_size)
-            run = run_metadata(model, decoding, getattr(args, "prompt", None))
+            run = {**run_metadata(model, decoding, args.prompt),
+                   "prompt_template": answerer.run_settings()["prompt_template"]}
             print(f"wrote {save_result(result, args.results_dir, run)} ({state.num_processes} process(es))")
     if state.is_main_process:
         summaries = load_summaries(args.results_dir, args.benchmark, loaded.data_key)

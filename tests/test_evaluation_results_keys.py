@@ -12,8 +12,11 @@ from evaluation.result_keys import data_key, model_identity, model_key
 
 
 class YesAnswerer:
-    def __init__(self, model, max_new_tokens=8, batch_size=8):
+    def __init__(self, model, max_new_tokens=8, batch_size=8, **settings):
         self.model = str(model)
+
+    def run_settings(self):
+        return {"prompt_template": "{question}"}
 
     def answer(self, questions):
         return {q.index: "yes" for q in questions}

@@ -18,8 +18,11 @@ class FixedAnswerer:
 
     calls: list[int] = []
 
-    def __init__(self, model="fixed", max_new_tokens=8, batch_size=8, text="yes"):
+    def __init__(self, model="fixed", max_new_tokens=8, batch_size=8, text="yes", **settings):
         self.text = text
+
+    def run_settings(self):
+        return {"prompt_template": "{question}"}
 
     def answer(self, questions):
         FixedAnswerer.calls.append(len(questions))

@@ -116,8 +116,9 @@ def test_chat_template_and_presets(processor):
     vqa = processor.prompt("vqa", question="What colour?")
     assert "Based on the image, please answer the question. <image>What colour? Please provide an accurate " \
            "answer within one word.\n## ASSISTANT: The answer is" in vqa
-    assert processor.prompt("pope", object="cat").endswith("Is there a cat in the image? Please answer yes or no."
-                                                           "\n## ASSISTANT:")
+    assert processor.prompt("pope", object="cat").endswith(
+        "## USER: Based on the image, please answer the question. <image> Is there a cat in the image? Please answer "
+        "yes or no.\n## ASSISTANT: The answer is")  # paper Figure 8 (d)
     assert "Is dog the main object in this image?" in processor.prompt("robustvqa", object="dog")
     assert processor.prompt("caption").endswith("## ASSISTANT: A photo of")
     with pytest.raises(ValueError, match="Unknown prompt preset 'nope'"):
