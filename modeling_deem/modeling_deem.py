@@ -6,18 +6,13 @@ Exported as remote code: import siblings only with ``from .x import Y``.
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
     GenerationMixin,
@@ -28,22 +23,19 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
 
-from .atomic_save import atomic_directory
-from .configuration_deem import CONDITION_RESAMPLER_CONFIG, VISUAL_RESAMPLER_CONFIG, DeemConfig, DeemVisionConfig
-from .diffusion_deem import build_noise_scheduler, build_unet, build_vae, denoising_loss, encode_latents
+from .checkpoints_deem import DeemCheckpointMixin
+from .components_deem import DeemComponentsMixin
+from .configuration_deem import DeemConfig
+from .diffusion_deem import build_noise_scheduler, build_unet, build_vae
 from .diffusion_features_deem import DiffusionFeatureExtractor
+from .diffusion_losses_deem import DeemDiffusionLossMixin
 from .image_generation_deem import DeemImageGenerationMixin
-from .mmfs_language import ImageMemory, add_mmfs_layers, document_starts, image_slots, image_visibility
-from .mmfs_unet import DecoderImageContext, DeemDecoderMMFS
-from .positional_embeddings import sincos_1d
+from .mmfs_language import ImageMemory, add_mmfs_layers, image_slots, image_visibility
+from .mmfs_unet import DeemDecoderMMFS
 from .resampler_deem import DeemResampler
 from .vision_deem import DeemVisionTower
 
 logger = logging.get_logger(__name__)
-# Modules that exist only with the diffusion decoder: a checkpoint's weights for them are expected extras when a
-# model is loaded with with_image_decoder=False (stage III from a stage II checkpoint).
-DECODER_ONLY_PREFIXES = ("unet.", "vae.", "decoder_mmfs.", "image_to_condition.", "context_proj.",
-                         "condition_resampler.", "negative_condition.")
 
 
 @dataclass
@@ -104,7 +96,9 @@ class DeemPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
 
-class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel, GenerationMixin):
+class DeemForConditionalGeneration(
+    DeemCheckpointMixin, DeemDiffusionLossMixin, DeemComponentsMixin, DeemImageGenerationMixin, DeemPreTrainedModel, GenerationMixin
+):
     """The DEEM model. The UNet and VAE are frozen (no gradient, no optimizer state) in every stage."""
 
     def __init__(self, config: DeemConfig) -> None:
@@ -184,51 +178,6 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
         if hasattr(self, "diffusion_text_encoder"):
             self.diffusion_text_encoder.requires_grad_(False)
 
-    @classmethod
-    def from_pretrained(cls, *args: Any, strict: bool = True, **kwargs: Any) -> DeemForConditionalGeneration:
-        """As `PreTrainedModel.from_pretrained`, but strict: a checkpoint with missing, unexpected or mismatched
-        weights is an error that names them (a silently re-initialised resampler or head is the worst outcome).
-        The decoder-side weights of a checkpoint loaded with `with_image_decoder=False` are expected extras.
-        `strict=False` loads anyway, for conversions and partial loads (`output_loading_info=True` lists what
-        was missing). Loading puts fresh parameters in, so the decoder is re-frozen. A local folder's
-        processor, when it has one, becomes `model.processor` (see `save_pretrained`)."""
-        wants_info = kwargs.get("output_loading_info", False)
-        model, info = super().from_pretrained(*args, **{**kwargs, "output_loading_info": True})
-        if strict:
-            model._check_loaded_keys(info)
-        model.freeze_image_decoder()
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        if source is not None and (Path(source) / "processor_config.json").is_file():
-            model.processor = _load_processor(Path(source))
-        return (model, info) if wants_info else model
-
-    def _decoder_only_prefixes(self) -> tuple[str, ...]:
-        """Where a with-decoder checkpoint holds weights this decoder-less model has no place for: the decoder
-        side, and the ConvNeXt levels (adapters, deeper stages) that only the UNet's MMFS reads."""
-        with_decoder = copy.deepcopy(self.config)
-        with_decoder.with_image_decoder = True
-        mine = self.config.vision_levels()
-        extra = sorted(set(with_decoder.vision_levels()) - set(mine))
-        return (DECODER_ONLY_PREFIXES + tuple(f"vision_tower.adapters.{level}." for level in extra)
-                + tuple(f"vision_tower.trunk.stages.{level}." for level in extra if level > max(mine)))
-
-    def _check_loaded_keys(self, info: dict[str, Any]) -> None:
-        unexpected = set(info.get("unexpected_keys") or ())
-        if not self.config.with_image_decoder:
-            unexpected = {key for key in unexpected if not key.startswith(self._decoder_only_prefixes())}
-        problems = {
-            "missing": sorted(info.get("missing_keys") or ()),
-            "unexpected": sorted(unexpected),
-            "mismatched in shape": sorted(str(item[0]) if isinstance(item, tuple) else str(item)
-                                          for item in info.get("mismatched_keys") or ()),
-        }
-        problems = {kind: keys for kind, keys in problems.items() if keys}
-        if problems:
-            listed = "; ".join(f"{kind}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''} ({len(keys)})"
-                               for kind, keys in problems.items())
-            raise ValueError(f"The checkpoint does not fit this DEEM model ({listed}). Pass strict=False to load "
-                             "it anyway (the missing parts keep their fresh initialisation).")
-
     def train(self, mode: bool = True) -> DeemForConditionalGeneration:
         """The frozen diffusion parts stay in eval mode (no dropout) whatever the rest does."""
         super().train(mode)
@@ -252,32 +201,6 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
     def _require_image_decoder(self, what: str) -> None:
         if not self.config.with_image_decoder:
             raise ValueError(f"{what} needs the diffusion image decoder, but this model has with_image_decoder=False.")
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`, made self-contained and atomic.
-
-        Self-contained: the model's processor (`model.processor`: the one `from_pretrained` found in its folder,
-        or one you set) is saved with it, so the folder feeds `pipeline` and `python -m evaluation` as it is;
-        without one, a warning says so. Atomic: the save is written beside the folder and swapped in (see
-        `atomic_save`), so a kill leaves the old save or the new one, never a mix of their shards. Also maps
-        `AutoModel` to this class, so both auto classes load the folder with remote code."""
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.setdefault("AutoModel", f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}")
-        self.config.auto_map = auto_map
-        if not kwargs.get("is_main_process", True):
-            super().save_pretrained(save_directory, *args, **kwargs)  # writes nothing; joins collective saves
-            return
-        if kwargs.get("push_to_hub"):
-            kwargs.setdefault("repo_id", Path(save_directory).name)  # not the staging folder's name
-        processor = getattr(self, "processor", None)
-        with atomic_directory(save_directory) as staging:
-            super().save_pretrained(staging, *args, **kwargs)
-            if processor is not None:
-                processor.save_pretrained(staging)
-        if processor is None:
-            logger.warning(
-                "Saved without a processor: pipeline(...) and `python -m evaluation` need one in the folder. "
-                "Set `model.processor = processor` before saving (or save the processor into the folder).")
 
     # ------------------------------------------------------------------------------------------ image side
     def get_image_features(
@@ -570,297 +493,8 @@ class DeemForConditionalGeneration(DeemImageGenerationMixin, DeemPreTrainedModel
                 features[key] = value[order.to(value.device)]
         return mm_encoder_output
 
-    # ------------------------------------------------------------------------------------ diffusion losses
-    def _diffusion_losses(
-        self,
-        decoder_pixel_values: torch.FloatTensor,
-        image_features: DeemImageFeatures | None,
-        image_masks: torch.Tensor | None,
-        hidden: torch.FloatTensor,
-        input_ids: torch.LongTensor | None,
-        attention_mask: torch.Tensor | None,
-        position_ids: torch.LongTensor | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        self._require_image_decoder("decoder_pixel_values (NIP/CSR losses)")
-        if image_features is None:
-            raise ValueError("decoder_pixel_values were given without pixel_values: NIP and CSR need both views.")
-        num_images = image_features.image_embeds.shape[0]
-        size = self.config.decoder_image_size
-        if decoder_pixel_values.ndim != 4 or decoder_pixel_values.shape[:2] != (num_images, 3):
-            raise ValueError(
-                f"decoder_pixel_values must be (num_images={num_images}, 3, {size}, {size}), "
-                f"got shape {tuple(decoder_pixel_values.shape)}"
-            )
-        if input_ids is None:
-            raise ValueError("NIP needs input_ids to find each image's <|startofimage|> context.")
-        latents = encode_latents(self.vae, decoder_pixel_values)
-        nip_loss = csr_loss = None
-        if self.config.csr_loss_weight > 0:
-            own = torch.arange(num_images, device=latents.device)
-            csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks,
-                                      self.decoder_image_context(image_features, own))
-        if self.config.nip_loss_weight > 0:
-            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask, image_features, position_ids)
-        return nip_loss, csr_loss
-
-    def decoder_image_context(
-        self, image_features: DeemImageFeatures | None, indices: torch.LongTensor
-    ) -> DecoderImageContext | None:
-        """What the UNet's MMFS reads for each UNet sample: image `indices[i]` of `image_features` (−1 = none).
-        None when the model has no decoder-side MMFS."""
-        if not self.config.decoder_mmfs or image_features is None:
-            return None
-        features = image_features.decoder_mmfs_features
-        if features is None:
-            raise ValueError("The UNet's MMFS needs decoder_mmfs_features: encode the images with this model.")
-        indices = indices.to(features.device)
-        return self.decoder_mmfs.prepare(features[indices.clamp(min=0)],
-                                         list(image_features.decoder_mmfs_spatial_shapes), indices >= 0)
-
-    def previous_images(
-        self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None
-    ) -> torch.LongTensor:
-        """For each image slot, the image just before it in the same document (−1 for a document's first):
-        what the UNet's MMFS reads when NIP or generation makes that image."""
-        rows, starts = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
-        previous = torch.arange(len(rows), device=rows.device) - 1
-        if not len(rows):
-            return previous
-        document_start = document_starts(input_ids, self.config.bos_token_id, position_ids)
-        same_row = torch.cat([rows.new_zeros(1, dtype=torch.bool), rows[1:] == rows[:-1]])
-        earlier_start = torch.cat([starts.new_full((1,), -1), starts[:-1]])
-        same_document = earlier_start > document_start[rows, starts]
-        return torch.where(same_row & same_document, previous, -1)
-
-    def _sample_timesteps(self, low: int, high: int, count: int, device: torch.device) -> torch.LongTensor:
-        return torch.randint(low, high, (count,), device=device, dtype=torch.long)
-
-    def _csr_loss(
-        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None,
-        decoder_context: DecoderImageContext | None = None,
-    ) -> torch.Tensor:
-        """The frozen UNet denoises each image from the image encoder's own tokens (and, with MMFS, its feature
-        maps); gradient reaches E_V."""
-        low, high = self.config.csr_timestep_range
-        timesteps = self._sample_timesteps(low, high, latents.shape[0], latents.device)
-        per_image = denoising_loss(self.unet, self.noise_scheduler, latents, condition, timesteps, image_masks,
-                                   unet_kwargs=self._decoder_mmfs_kwargs(decoder_context))
-        return per_image.mean()
-
-    def _decoder_mmfs_kwargs(self, context: DecoderImageContext | None) -> dict[str, Any]:
-        return self.decoder_mmfs.unet_kwargs(context) if context is not None else {}
-
-    def image_contexts(
-        self,
-        hidden: torch.FloatTensor,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None,
-        position_ids: torch.LongTensor | None = None,
-    ) -> tuple[list[torch.Tensor], list[int]]:
-        """For each image slot: the LLM states of its document up to and including its `<|startofimage|>`.
-
-        The document starts where `document_starts` says (a BOS, a packed sample's first token, or the first
-        attended token), so packed documents never mix, with or without BOS. Returns the contexts and the indices
-        of the images that have one: an image with nothing but (`<s>`) `<|startofimage|>` before it (the first
-        element of its document) has no NIP target.
-        """
-        per_image = self.config.num_image_tokens
-        first_placeholders = (input_ids == self.config.image_token_id).nonzero()[::per_image]
-        bos = self.config.bos_token_id
-        document_start = document_starts(input_ids, bos, position_ids, attention_mask).clamp(min=0)
-        contexts, kept = [], []
-        for index, (row, position) in enumerate(first_placeholders.tolist()):
-            soi = position - 1
-            if soi < 0 or int(input_ids[row, soi]) != self.config.image_start_token_id:
-                raise ValueError(
-                    f"Image slot {index} (row {row}, position {position}) is not preceded by <|startofimage|> "
-                    f"(id {self.config.image_start_token_id})."
-                )
-            start = int(document_start[row, soi])
-            content = soi - start - int(bos is not None and int(input_ids[row, start]) == bos)
-            if content <= 0:
-                continue
-            contexts.append(hidden[row, start : soi + 1].flip(0))
-            kept.append(index)
-        return contexts, kept
-
-    def condition_from_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """Reversed LLM contexts → `(n, 77, cross_attention_dim)` UNet conditions (the NIP / generation path)."""
-        lengths = torch.tensor([len(c) for c in contexts], device=contexts[0].device)
-        padded = pad_sequence(contexts, batch_first=True)
-        key_mask = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
-        positions = sincos_1d(torch.arange(padded.shape[1], device=padded.device), padded.shape[-1])
-        tokens = self.context_proj(padded) + positions.to(padded.dtype)
-        return self.condition_resampler(tokens, key_mask)
-
-    def _nip_loss(
-        self,
-        latents: torch.Tensor,
-        hidden: torch.FloatTensor,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None,
-        image_features: DeemImageFeatures | None = None,
-        position_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor | None:
-        """Each image (but the first of a document) is denoised from its preceding context (and, with MMFS, the
-        feature maps of the image before it); 10 % condition drop."""
-        contexts, kept = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
-        if not kept:
-            return None
-        condition = self.condition_from_contexts(contexts)
-        if self.training and self.config.condition_dropout_prob > 0:
-            drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob
-            negative = self.negative_condition.weight.to(condition.dtype).expand_as(condition)
-            condition = torch.where(drop[:, None, None], negative, condition)
-        low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
-        timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
-        kept = torch.tensor(kept, device=latents.device)
-        context = self.decoder_image_context(image_features, self.previous_images(input_ids, position_ids)[kept])
-        return denoising_loss(self.unet, self.noise_scheduler, latents[kept], condition, timesteps,
-                              unet_kwargs=self._decoder_mmfs_kwargs(context)).mean()
-
-    # --------------------------------------------------------------------------------- building from parts
-    @classmethod
-    def from_components(
-        cls,
-        language_model: str | os.PathLike,
-        vision_model: str | None,
-        diffusion_model: str | os.PathLike,
-        vision_pretrained: str | None = None,
-        tokenizer: str | os.PathLike | None = None,
-        dtype: torch.dtype | None = None,
-        **config_kwargs: Any,
-    ) -> DeemForConditionalGeneration:
-        """Assemble DEEM from pretrained parts; the resamplers, heads and projectors start fresh.
-
-        language_model: an HF causal LM (hub id or folder). Unless `image_start_token_id`/`image_token_id` are
-            given, `<|startofimage|>`, `<|sniffer|>` and (if the tokenizer has none) `<pad>` get the next ids of
-            its tokenizer (`tokenizer`, default: the LM's own), exactly as `DeemProcessor.from_base_tokenizer`
-            adds them, and the embeddings grow to match.
-        vision_model: an open_clip model name whose tower is a timm ConvNeXt (e.g. "convnext_base_w_320");
-            `vision_pretrained` is its open_clip pretrained tag or a checkpoint path. None with
-            `vision_backbone="diffusion"`.
-        diffusion_model: a diffusers Stable Diffusion folder or hub id (unet/, vae/, scheduler/; and
-            text_encoder/ + tokenizer/ for a diffusion visual backbone).
-        config_kwargs: other `DeemConfig` fields (resampler sizes, loss weights, image sizes, backbone, ...).
-        """
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-        backbone = config_kwargs.get("vision_backbone", "convnext")
-        vision_overrides = config_kwargs.pop("vision_config", None) or {}
-        if backbone == "diffusion":
-            vision_config, trunk_state = DeemVisionConfig(**vision_overrides), None
-        elif vision_model is None:
-            raise ValueError(f"vision_backbone={backbone!r} needs an open_clip vision_model.")
-        else:
-            vision_config, trunk_state = _open_clip_trunk(vision_model, vision_pretrained, vision_overrides)
-        lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
-        unet = UNet2DConditionModel.from_pretrained(diffusion_model, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(diffusion_model, subfolder="vae", torch_dtype=dtype)
-        scheduler = DDPMScheduler.from_pretrained(diffusion_model, subfolder="scheduler")
-
-        text_config = lm.config
-        if "image_start_token_id" not in config_kwargs and "image_token_id" not in config_kwargs:
-            base_tokenizer = AutoTokenizer.from_pretrained(tokenizer or language_model)
-            base = len(base_tokenizer)
-            config_kwargs.update(image_start_token_id=base, image_token_id=base + 1)
-            added = 2
-            if base_tokenizer.pad_token is None:
-                text_config.pad_token_id = base + 2
-                config_kwargs["pad_token_id"] = base + 2
-                added = 3
-            if base + added > text_config.vocab_size:
-                lm.resize_token_embeddings(base + added, mean_resizing=True)
-        text_encoder = None
-        if backbone != "convnext":
-            text_encoder = CLIPTextModel.from_pretrained(diffusion_model, subfolder="text_encoder", dtype=dtype)
-            condition_tokenizer = AutoTokenizer.from_pretrained(diffusion_model, subfolder="tokenizer")
-            encoder_config = text_encoder.config.to_dict()
-            features = dict(config_kwargs.pop("diffusion_features_config", None) or {})
-            features.setdefault("text_encoder_config", {
-                k: encoder_config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                               "num_attention_heads", "max_position_embeddings", "hidden_act",
-                                               "projection_dim", "layer_norm_eps")})
-            features.setdefault("uncond_token_ids", [condition_tokenizer.bos_token_id, condition_tokenizer.eos_token_id])
-            features.setdefault("pad_token_id", condition_tokenizer.pad_token_id or condition_tokenizer.eos_token_id)
-            config_kwargs["diffusion_features_config"] = features
-        resampler = {**VISUAL_RESAMPLER_CONFIG, **(config_kwargs.pop("resampler_config", None) or {}),
-                     "encoder_hidden_size": vision_config.hidden_size}
-        condition = {**CONDITION_RESAMPLER_CONFIG,
-                     **(config_kwargs.pop("condition_resampler_config", None) or {}),
-                     "encoder_hidden_size": text_config.hidden_size,
-                     "hidden_size": unet.config.cross_attention_dim}
-        config = DeemConfig(
-            text_config=text_config.to_dict(),
-            vision_config=vision_config.to_dict(),
-            resampler_config=resampler,
-            condition_resampler_config=condition,
-            unet_config=dict(unet.config),
-            vae_config=dict(vae.config),
-            scheduler_config=dict(scheduler.config),
-            **config_kwargs,
-        )
-        model = cls(config)
-        missing, unexpected = model.language_model.load_state_dict(lm.state_dict(), strict=False)
-        new = [key for key in missing if ".mmfs." not in key]
-        if new or unexpected:  # only the MMFS layers DEEM adds may be absent from the pretrained LM
-            raise ValueError(f"The language model's weights do not fit DEEM's LLM: missing {new}, unexpected {unexpected}.")
-        if trunk_state is not None:
-            model.vision_tower.load_trunk_state(trunk_state)
-        if text_encoder is not None:
-            model.diffusion_text_encoder.load_state_dict(text_encoder.state_dict())
-        model.unet.load_state_dict(unet.state_dict())
-        model.vae.load_state_dict(vae.state_dict())
-        return model.to(dtype) if dtype is not None else model
-
-
-def _load_processor(folder: Path) -> Any:
-    """The processor saved in a model folder: the installed package's `DeemProcessor`, or, when this file runs as
-    remote code, the folder's own processor code (the same repository whose model code is running)."""
-    try:
-        if __package__ == "modeling_deem":
-            from processing import DeemProcessor
-
-            return DeemProcessor.from_pretrained(folder)
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    except (OSError, ValueError, ImportError) as error:
-        logger.warning(f"Could not load the processor saved in {folder} ({error}); model.processor is None.")
-        return None
-
-
-def _is_2d(mask: torch.Tensor | None) -> bool:
-    return mask is not None and mask.ndim == 2
-
-
 def _is_prefill(past_key_values: Cache | None) -> bool:
     return past_key_values is None or past_key_values.get_seq_length() == 0
-
-
-def _open_clip_trunk(
-    name: str, pretrained: str | None, overrides: dict
-) -> tuple[DeemVisionConfig, dict[str, torch.Tensor]]:
-    """Build an open_clip model (weights from a tag or a checkpoint file) and take its ConvNeXt trunk."""
-    import open_clip
-
-    if name not in open_clip.list_models():
-        raise ValueError(f"Unknown vision tower {name!r}: not an open_clip model name (see open_clip.list_models()).")
-    vision_cfg = open_clip.get_model_config(name)["vision_cfg"]
-    timm_name = vision_cfg.get("timm_model_name")
-    if not timm_name or not timm_name.startswith("convnext"):
-        raise ValueError(f"Unknown vision tower {name!r}: DEEM needs an open_clip model with a timm ConvNeXt tower.")
-    clip = open_clip.create_model(name, pretrained=pretrained)
-    trunk = clip.visual.trunk
-    config = DeemVisionConfig(
-        timm_model_name=timm_name,
-        depths=[len(stage.blocks) for stage in trunk.stages],
-        dims=[info["num_chs"] for info in trunk.feature_info],
-        open_clip_model_name=name,
-        open_clip_pretrained=pretrained,
-        **overrides,
-    )
-    return config, trunk.state_dict()
 
 
 DeemForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")

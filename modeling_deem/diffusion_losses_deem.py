@@ -1,0 +1,172 @@
+"""DEEM's diffusion losses: NIP (each image denoised from the LLM's context before it) and CSR (each image
+denoised from the image encoder's own tokens), with the UNet's MMFS reading the right image for each.
+
+Exported as remote code: import siblings only with ``from .x import Y``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from .diffusion_deem import denoising_loss, encode_latents
+from .mmfs_language import document_starts, image_slots
+from .mmfs_unet import DecoderImageContext
+from .positional_embeddings import sincos_1d
+
+if TYPE_CHECKING:
+    from .modeling_deem import DeemImageFeatures
+
+
+class DeemDiffusionLossMixin:
+    """What `DeemForConditionalGeneration` adds to its forward when decoder views are given (training)."""
+
+    def _diffusion_losses(
+        self,
+        decoder_pixel_values: torch.FloatTensor,
+        image_features: DeemImageFeatures | None,
+        image_masks: torch.Tensor | None,
+        hidden: torch.FloatTensor,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        self._require_image_decoder("decoder_pixel_values (NIP/CSR losses)")
+        if image_features is None:
+            raise ValueError("decoder_pixel_values were given without pixel_values: NIP and CSR need both views.")
+        num_images = image_features.image_embeds.shape[0]
+        size = self.config.decoder_image_size
+        if decoder_pixel_values.ndim != 4 or decoder_pixel_values.shape[:2] != (num_images, 3):
+            raise ValueError(
+                f"decoder_pixel_values must be (num_images={num_images}, 3, {size}, {size}), "
+                f"got shape {tuple(decoder_pixel_values.shape)}"
+            )
+        if input_ids is None:
+            raise ValueError("NIP needs input_ids to find each image's <|startofimage|> context.")
+        latents = encode_latents(self.vae, decoder_pixel_values)
+        nip_loss = csr_loss = None
+        if self.config.csr_loss_weight > 0:
+            own = torch.arange(num_images, device=latents.device)
+            csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks,
+                                      self.decoder_image_context(image_features, own))
+        if self.config.nip_loss_weight > 0:
+            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask, image_features, position_ids)
+        return nip_loss, csr_loss
+
+    def decoder_image_context(
+        self, image_features: DeemImageFeatures | None, indices: torch.LongTensor
+    ) -> DecoderImageContext | None:
+        """What the UNet's MMFS reads for each UNet sample: image `indices[i]` of `image_features` (−1 = none).
+        None when the model has no decoder-side MMFS."""
+        if not self.config.decoder_mmfs or image_features is None:
+            return None
+        features = image_features.decoder_mmfs_features
+        if features is None:
+            raise ValueError("The UNet's MMFS needs decoder_mmfs_features: encode the images with this model.")
+        indices = indices.to(features.device)
+        return self.decoder_mmfs.prepare(features[indices.clamp(min=0)],
+                                         list(image_features.decoder_mmfs_spatial_shapes), indices >= 0)
+
+    def previous_images(
+        self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None
+    ) -> torch.LongTensor:
+        """For each image slot, the image just before it in the same document (−1 for a document's first):
+        what the UNet's MMFS reads when NIP or generation makes that image."""
+        rows, starts = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
+        previous = torch.arange(len(rows), device=rows.device) - 1
+        if not len(rows):
+            return previous
+        document_start = document_starts(input_ids, self.config.bos_token_id, position_ids)
+        same_row = torch.cat([rows.new_zeros(1, dtype=torch.bool), rows[1:] == rows[:-1]])
+        earlier_start = torch.cat([starts.new_full((1,), -1), starts[:-1]])
+        same_document = earlier_start > document_start[rows, starts]
+        return torch.where(same_row & same_document, previous, -1)
+
+    def _sample_timesteps(self, low: int, high: int, count: int, device: torch.device) -> torch.LongTensor:
+        return torch.randint(low, high, (count,), device=device, dtype=torch.long)
+
+    def _csr_loss(
+        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None,
+        decoder_context: DecoderImageContext | None = None,
+    ) -> torch.Tensor:
+        """The frozen UNet denoises each image from the image encoder's own tokens (and, with MMFS, its feature
+        maps); gradient reaches E_V."""
+        low, high = self.config.csr_timestep_range
+        timesteps = self._sample_timesteps(low, high, latents.shape[0], latents.device)
+        per_image = denoising_loss(self.unet, self.noise_scheduler, latents, condition, timesteps, image_masks,
+                                   unet_kwargs=self._decoder_mmfs_kwargs(decoder_context))
+        return per_image.mean()
+
+    def _decoder_mmfs_kwargs(self, context: DecoderImageContext | None) -> dict[str, Any]:
+        return self.decoder_mmfs.unet_kwargs(context) if context is not None else {}
+
+    def image_contexts(
+        self,
+        hidden: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """For each image slot: the LLM states of its document up to and including its `<|startofimage|>`.
+
+        The document starts where `document_starts` says (a BOS, a packed sample's first token, or the first
+        attended token), so packed documents never mix, with or without BOS. Returns the contexts and the indices
+        of the images that have one: an image with nothing but (`<s>`) `<|startofimage|>` before it (the first
+        element of its document) has no NIP target.
+        """
+        per_image = self.config.num_image_tokens
+        first_placeholders = (input_ids == self.config.image_token_id).nonzero()[::per_image]
+        bos = self.config.bos_token_id
+        document_start = document_starts(input_ids, bos, position_ids, attention_mask).clamp(min=0)
+        contexts, kept = [], []
+        for index, (row, position) in enumerate(first_placeholders.tolist()):
+            soi = position - 1
+            if soi < 0 or int(input_ids[row, soi]) != self.config.image_start_token_id:
+                raise ValueError(
+                    f"Image slot {index} (row {row}, position {position}) is not preceded by <|startofimage|> "
+                    f"(id {self.config.image_start_token_id})."
+                )
+            start = int(document_start[row, soi])
+            content = soi - start - int(bos is not None and int(input_ids[row, start]) == bos)
+            if content <= 0:
+                continue
+            contexts.append(hidden[row, start : soi + 1].flip(0))
+            kept.append(index)
+        return contexts, kept
+
+    def condition_from_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """Reversed LLM contexts → `(n, 77, cross_attention_dim)` UNet conditions (the NIP / generation path)."""
+        lengths = torch.tensor([len(c) for c in contexts], device=contexts[0].device)
+        padded = pad_sequence(contexts, batch_first=True)
+        key_mask = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
+        positions = sincos_1d(torch.arange(padded.shape[1], device=padded.device), padded.shape[-1])
+        tokens = self.context_proj(padded) + positions.to(padded.dtype)
+        return self.condition_resampler(tokens, key_mask)
+
+    def _nip_loss(
+        self,
+        latents: torch.Tensor,
+        hidden: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        image_features: DeemImageFeatures | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor | None:
+        """Each image (but the first of a document) is denoised from its preceding context (and, with MMFS, the
+        feature maps of the image before it); 10 % condition drop."""
+        contexts, kept = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
+        if not kept:
+            return None
+        condition = self.condition_from_contexts(contexts)
+        if self.training and self.config.condition_dropout_prob > 0:
+            drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob
+            negative = self.negative_condition.weight.to(condition.dtype).expand_as(condition)
+            condition = torch.where(drop[:, None, None], negative, condition)
+        low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
+        timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
+        kept = torch.tensor(kept, device=latents.device)
+        context = self.decoder_image_context(image_features, self.previous_images(input_ids, position_ids)[kept])
+        return denoising_loss(self.unet, self.noise_scheduler, latents[kept], condition, timesteps,
+                              unet_kwargs=self._decoder_mmfs_kwargs(context)).mean()
