@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         answerer = answering.ImageQuestionAnswerer(model, max_new_tokens=max_new_tokens, batch_size=args.batch_size,
                                                    prompt=args.prompt, task=args.benchmark)
         result = run_benchmark(loaded, answerer, model)
+        result.prompt = args.prompt
         if state.is_main_process:
             decoding = decoding_settings(answerer, strategy="greedy", do_sample=False, num_beams=1,
                                          max_new_tokens=max_new_tokens, batch_size=args.batch_size)

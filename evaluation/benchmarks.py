@@ -65,9 +65,10 @@ class BenchmarkResult:
     data_key: str | None = None  # None: results kept under the benchmark folder itself (the matching commands)
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. POPE's headline and conventions, MMVP's answers
+    prompt: str | None = None  # the prompt layout (paper / generic): part of the run's identity
 
     def summary(self) -> dict[str, Any]:
-        return {"benchmark": self.benchmark, "model": self.model, "scores": self.scores,
+        return {"benchmark": self.benchmark, "model": self.model, "prompt": self.prompt, "scores": self.scores,
                 "evaluated": len(self.records), "skipped": self.skipped, "data_key": self.data_key, **self.details}
 
 

@@ -32,7 +32,8 @@ def result_path(result: BenchmarkResult, results_dir: str | Path) -> Path:
     folder = Path(results_dir) / result.benchmark
     if result.data_key is None:
         return folder / f"{run_name(result.model)}.json"
-    return folder / result.data_key / f"{model_key(result.model)}.json"
+    suffix = f"-{result.prompt}" if result.prompt else ""  # a paper-prompt run never overwrites a generic one
+    return folder / result.data_key / f"{model_key(result.model)}{suffix}.json"
 
 
 def save_result(result: BenchmarkResult, results_dir: str | Path, run: dict[str, Any] | None = None) -> Path:
@@ -128,9 +129,10 @@ def table(summaries: list[dict[str, Any]]) -> str:
     if not summaries:
         return "(no results)"
     columns = sorted({k for s in summaries for k in s["scores"]})
-    header = ["model", *columns, "evaluated", "skipped"]
-    rows = [[s["model"], *(f"{100 * s['scores'][c]:.2f}" if c in s["scores"] and c != "cider"
-                           else f"{s['scores'].get(c, float('nan')):.3f}" for c in columns),
+    header = ["model", "prompt", *columns, "evaluated", "skipped"]
+    rows = [[s["model"], str(s.get("prompt") or "-"),
+             *(f"{100 * s['scores'][c]:.2f}" if c in s["scores"] and c != "cider"
+               else f"{s['scores'].get(c, float('nan')):.3f}" for c in columns),
              str(s["evaluated"]), skip_counts(s["skipped"])] for s in summaries]
     text = _aligned(header, rows)
     if any("conventions" in s for s in summaries):

@@ -90,3 +90,15 @@ def test_data_and_model_keys(tmp_path):
     assert model_key("org/some-model") != model_key("other/some-model")
     (tmp_path / "a").mkdir()
     assert model_key(tmp_path / "a") == model_key(f"{tmp_path}/a/")
+
+
+def test_paper_and_generic_prompt_runs_are_kept_apart_and_labelled(setup, capsys):
+    data = write_pope(setup / "pope.jsonl", ["yes", "no"])
+    model = setup / "first" / "checkpoint"
+    for prompt in ("paper", "generic"):
+        evaluate_main(["pope", "--model", str(model), "--data", str(data), "--results-dir", str(setup / "results"),
+                       "--prompt", prompt])
+    files = result_files(setup)
+    assert len(files) == 2 and {f.stem.rsplit("-", 1)[-1] for f in files} == {"paper", "generic"}
+    table = capsys.readouterr().out.split("(data key")[-1]
+    assert "paper" in table and "generic" in table
