@@ -45,14 +45,19 @@ class DeemDiffusionLossMixin:
             )
         if input_ids is None:
             raise ValueError("NIP needs input_ids to find each image's <|startofimage|> context.")
+        contexts, kept = ([], [])
+        if self.config.nip_loss_weight > 0:
+            contexts, kept = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
+        if self.config.csr_loss_weight <= 0 and not kept:
+            return None, None  # nothing to denoise: the VAE does not run
         latents = encode_latents(self.vae, decoder_pixel_values)
         nip_loss = csr_loss = None
         if self.config.csr_loss_weight > 0:
             own = torch.arange(num_images, device=latents.device)
             csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks,
                                       self.decoder_image_context(image_features, own))
-        if self.config.nip_loss_weight > 0:
-            nip_loss = self._nip_loss(latents, hidden, input_ids, attention_mask, image_features, position_ids)
+        if kept:
+            nip_loss = self._nip_loss(latents, contexts, kept, input_ids, image_features, position_ids)
         return nip_loss, csr_loss
 
     def decoder_image_context(
@@ -148,17 +153,14 @@ class DeemDiffusionLossMixin:
     def _nip_loss(
         self,
         latents: torch.Tensor,
-        hidden: torch.FloatTensor,
+        contexts: list[torch.Tensor],
+        kept: list[int],
         input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None,
         image_features: DeemImageFeatures | None = None,
         position_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor | None:
-        """Each image (but the first of a document) is denoised from its preceding context (and, with MMFS, the
-        feature maps of the image before it); 10 % condition drop."""
-        contexts, kept = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
-        if not kept:
-            return None
+    ) -> torch.Tensor:
+        """Each image with a context (`image_contexts`: all but a document's first) is denoised from it (and, with
+        MMFS, the feature maps of the image before it); 10 % condition drop."""
         condition = self.condition_from_contexts(contexts)
         if self.training and self.config.condition_dropout_prob > 0:
             drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob

@@ -170,3 +170,20 @@ def test_native_initialisation_is_kept(tiny_model):
     assert conv.weight.abs().max() <= bound + 1e-6
     assert conv.weight.std() > 0.05  # kaiming-uniform on 36 inputs: std ≈ 0.096, not 0.02
     assert tiny_model.visual_resampler.queries.std() < 0.05
+
+
+def test_the_vae_does_not_run_when_nothing_is_denoised(tiny_model):
+    from unittest import mock
+
+    from conftest import BOS, EOS, image_slot
+
+    import modeling_deem.diffusion_losses_deem as losses
+
+    tiny_model.train()
+    tiny_model.config.csr_loss_weight = 0.0
+    batch = make_batch([[BOS] + image_slot() + [10, EOS]])  # its only image opens the document: no NIP context
+    with mock.patch.object(losses, "encode_latents", wraps=losses.encode_latents) as encode:
+        out = tiny_model(**batch)
+        assert encode.call_count == 0 and out.nip_loss is None and out.csr_loss is None
+        tiny_model(**make_batch([[BOS, 10] + image_slot() + [EOS]]))  # now an image has a context
+        assert encode.call_count == 1

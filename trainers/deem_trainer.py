@@ -47,7 +47,7 @@ class DeemLossMixin:
         if self.processing_class is not None and getattr(deem, "processor", False) is None:
             deem.processor = self.processing_class  # model.save_pretrained then writes it too
         self.add_callback(_CollatorEpoch(self.data_collator))
-        self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._loss_parts: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(
         self,
@@ -62,8 +62,8 @@ class DeemLossMixin:
         mode = "train" if model.training else "eval"
         for part in LOSS_PARTS:
             value = getattr(outputs, part, None)
-            if value is not None:
-                self._loss_parts[mode][part].append(float(value.detach()))
+            if value is not None:  # kept on the device: no sync per step, only when logging (as Trainer does)
+                self._loss_parts[mode][part].append(value.detach().float())
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -72,7 +72,8 @@ class DeemLossMixin:
         parts = self._loss_parts[mode]
         # Every process reduces every part, in a fixed order (one may have no NIP value where another has some):
         # the mean is over all processes' values, and no process waits on a collective the others skip.
-        sums = torch.tensor([[sum(parts[p]), len(parts[p])] for p in LOSS_PARTS], dtype=torch.float64)
+        sums = torch.tensor([[float(torch.stack(parts[p]).sum()) if parts[p] else 0.0, len(parts[p])]
+                             for p in LOSS_PARTS], dtype=torch.float64)
         if self.args.world_size > 1:
             sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
         for part, (total, count) in zip(LOSS_PARTS, sums.tolist()):
