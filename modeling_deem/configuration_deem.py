@@ -97,6 +97,19 @@ def check_dtype(values: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: {key}={value!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'float16').")
 
 
+class DeemResamplerConfig(Blip2QFormerConfig):
+    """The visual resampler's Q-Former (a class of its own: `from_pretrained(folder)` on a DEEM folder then
+    reads `resampler_config`, not whichever Q-Former config comes first)."""
+
+    base_config_key = "resampler_config"
+
+
+class DeemConditionResamplerConfig(Blip2QFormerConfig):
+    """The condition resampler's Q-Former (reads `condition_resampler_config` of a DEEM folder)."""
+
+    base_config_key = "condition_resampler_config"
+
+
 class DeemVisionConfig(PretrainedConfig):
     """The image encoder: a timm ConvNeXt trunk (as open_clip builds it) plus per-level adapters.
 
@@ -194,8 +207,8 @@ class DeemConfig(PretrainedConfig):
     sub_configs = {
         "text_config": AutoConfig,
         "vision_config": DeemVisionConfig,
-        "resampler_config": Blip2QFormerConfig,
-        "condition_resampler_config": Blip2QFormerConfig,
+        "resampler_config": DeemResamplerConfig,
+        "condition_resampler_config": DeemConditionResamplerConfig,
     }
 
     def __init__(

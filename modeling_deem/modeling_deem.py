@@ -36,6 +36,7 @@ from .resampler_deem import DeemResampler
 from .vision_deem import DeemVisionTower
 
 logger = logging.get_logger(__name__)
+TIMM_LAYER_SCALE_INIT = 1e-6  # timm's ConvNeXt `ls_init_value`
 
 
 @dataclass
@@ -144,18 +145,31 @@ class DeemForConditionalGeneration(
         self.processor: Any = None  # saved with the model when set (see save_pretrained)
         # Modules that keep their own library's initialisation instead of transformers' normal(0, 0.02).
         self._native_init_ids = frozenset(id(m) for part in native for m in part.modules())
+        # The authors' MMFS init (zero gates and convolutions, spread offsets), applied when the whole model is
+        # initialised (see _init_weights): the LLM's layers, MMFS included, are visited by the LLM's own init first.
+        self._mmfs_modules = mmfs_modules
         self.post_init()
-        # The authors' MMFS init (zero gates and convolutions, spread offsets). Done here rather than in
-        # _init_weights: the LLM's layers are initialised by the LLM's own _init_weights.
-        for module in mmfs_modules:
-            module.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------- plumbing
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """transformers visits children before parents, so the model itself comes last: MMFS gets its authors'
+        init there, after the LLM's own init has visited the LLM's layers (MMFS included). Done before
+        transformers' check, which skips a module without parameters of its own. The `init` functions skip
+        loaded weights, so only missing ones are (re)initialised when loading."""
+        if module is self:
+            for mmfs in getattr(self, "_mmfs_modules", ()):
+                mmfs.reset_parameters()
+        super()._initialize_weights(module, is_custom_code)
+
     def _init_weights(self, module: nn.Module) -> None:
+        """transformers' init, except: the ConvNeXt, UNet and VAE keep their libraries' own (and MMFS its
+        authors', see `_initialize_weights`)."""
         std = self.config.initializer_range
         if id(module) in getattr(self, "_native_init_ids", ()):
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+            if isinstance(getattr(module, "gamma", None), nn.Parameter):
+                init.constant_(module.gamma, TIMM_LAYER_SCALE_INIT)  # timm's ConvNeXt layer scale
             return
         if isinstance(module, DeemResampler):
             init.normal_(module.queries, std=std)
