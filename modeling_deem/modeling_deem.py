@@ -340,8 +340,12 @@ class DeemForConditionalGeneration(
             output_attentions = self.config.output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        token_ids = input_ids
+        if token_ids is None:  # embeddings only: DEEM's tokens are found in them (see token_layout)
+            whole = image_layout_ids is not None and image_layout_ids.shape[1] == inputs_embeds.shape[1]
+            token_ids = image_layout_ids if whole else self.token_layout(inputs_embeds)
         outputs, image_features = self._run_language_model(
-            input_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
+            token_ids, attention_mask, pixel_values, image_masks, position_ids, past_key_values, inputs_embeds,
             mm_encoder_outputs=mm_encoder_outputs, use_cache=use_cache, image_layout_ids=image_layout_ids,
             image_inputs={"diffusion_pixel_values": diffusion_pixel_values, "condition_input_ids": condition_input_ids,
                           "condition_attention_mask": condition_attention_mask}, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -353,8 +357,7 @@ class DeemForConditionalGeneration(
 
         ntp_loss = nip_loss = csr_loss = None
         if labels is not None:
-            if input_ids is not None:
-                labels = self.ntp_labels(labels, input_ids)
+            labels = self.ntp_labels(labels, token_ids)
             ntp_loss = self.language_model.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
             )
@@ -367,7 +370,7 @@ class DeemForConditionalGeneration(
                 "True)), or set both weights to 0 for NTP-only training.")
         if decoder_pixel_values is not None:
             nip_loss, csr_loss = self._diffusion_losses(
-                decoder_pixel_values, image_features, image_masks, hidden, input_ids, attention_mask, position_ids
+                decoder_pixel_values, image_features, image_masks, hidden, token_ids, attention_mask, position_ids
             )
 
         loss = None
@@ -405,6 +408,18 @@ class DeemForConditionalGeneration(
             ignored |= (input_ids == bos) | after_bos
         return labels.masked_fill(ignored, -100)
 
+    def token_layout(self, inputs_embeds: torch.FloatTensor) -> torch.LongTensor:
+        """`(B, T)` ids of DEEM's own tokens (image placeholders, `<|startofimage|>`, `<s>`) found in embeddings
+        given without `input_ids`, by equality with their embedding rows (as `get_placeholder_mask` finds the
+        images); every other position is −1. What MMFS, the start vector and the losses read from the ids."""
+        table = self.get_input_embeddings()
+        layout = torch.full(inputs_embeds.shape[:2], -1, dtype=torch.long, device=inputs_embeds.device)
+        for token in (self.config.image_token_id, self.config.image_start_token_id, self.config.bos_token_id):
+            if token is not None:
+                row = table(torch.tensor(token, device=inputs_embeds.device)).to(inputs_embeds.dtype)
+                layout[(inputs_embeds == row).all(-1)] = token
+        return layout
+
     def _run_language_model(
         self,
         input_ids: torch.LongTensor | None,
@@ -420,10 +435,11 @@ class DeemForConditionalGeneration(
         **kwargs: Any,
     ) -> tuple[Any, DeemImageFeatures | None]:
         """Splice the image tokens into the text embeddings and run the LLM's decoder (no LM head); MMFS layers
-        read the images' feature maps."""
+        read the images' feature maps. `input_ids` may come with `inputs_embeds` (then it only says where DEEM's
+        tokens are: `token_layout`)."""
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if input_ids is not None:
+        if input_ids is not None and input_ids.shape[1] == inputs_embeds.shape[1]:
             starts = (input_ids == self.config.image_start_token_id).unsqueeze(-1)
             inputs_embeds = inputs_embeds + starts.to(inputs_embeds.dtype) * self.image_start_embedding.weight[0].to(
                 inputs_embeds.dtype)
@@ -434,7 +450,7 @@ class DeemForConditionalGeneration(
             image_features = self.get_image_features(pixel_values, image_masks, return_dict=True, **(image_inputs or {}))
         # A cached decoding step holds only new text tokens: the images are kept for MMFS, not spliced again.
         decoding_step = (image_layout_ids is not None and input_ids is not None
-                         and image_layout_ids.shape[1] > input_ids.shape[1])
+                         and image_layout_ids.shape[1] > inputs_embeds.shape[1])
         if image_features is not None and not decoding_step:
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features.image_embeds.shape[0])
             image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
@@ -481,13 +497,32 @@ class DeemForConditionalGeneration(
         """Never: see `_can_compile_fullgraph` (a static cache on a GPU would otherwise trigger compilation)."""
         return False
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict:
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs: Any,
+    ) -> dict:
         """transformers' inputs, plus what MMFS needs at every cached step: the encoded images (generate drops
-        them after the prefill) and the whole rows so far (`image_layout_ids`)."""
-        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
-        if self.config.mmfs and kwargs.get("mm_encoder_outputs"):
-            inputs.setdefault("mm_encoder_outputs", kwargs["mm_encoder_outputs"])
-            inputs["image_layout_ids"] = input_ids
+        them after the prefill) and the whole rows so far (`image_layout_ids`). A prompt given as embeddings
+        (`input_ids` then holds only the new tokens) has its layout read once, at the prefill, and kept with
+        the encoded images."""
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
+        encoded = kwargs.get("mm_encoder_outputs")
+        if self.config.mmfs and encoded:
+            inputs.setdefault("mm_encoder_outputs", encoded)
+            layout = input_ids
+            image = encoded.get("image") if isinstance(encoded, dict) else encoded
+            if image is not None and inputs_embeds is not None and _is_prefill(past_key_values):
+                # Embeddings without the prompt's ids (`input_ids` shorter than the prompt): read the layout.
+                ids_cover_prompt = input_ids.shape[1] >= inputs_embeds.shape[1]
+                image.__dict__["_prompt_layout"] = None if ids_cover_prompt else self.token_layout(inputs_embeds)
+            prompt_layout = image.__dict__.get("_prompt_layout") if image is not None else None
+            if prompt_layout is not None:
+                layout = torch.cat([prompt_layout, input_ids], dim=1)
+            inputs["image_layout_ids"] = layout
         return inputs
 
     def _expand_multimodal_outputs(
@@ -497,10 +532,13 @@ class DeemForConditionalGeneration(
         """Beam search / several return sequences: each row's images repeated as a block, every per-image field
         (LLM tokens, CSR condition, MMFS maps) alike."""
         features = mm_encoder_output.get("image")
-        if features is None or expand_size == 1 or input_ids is None:
+        layout = input_ids
+        if inputs_embeds is not None and (input_ids is None or input_ids.shape[1] < inputs_embeds.shape[1]):
+            layout = self.token_layout(inputs_embeds)  # a prompt given as embeddings only
+        if features is None or expand_size == 1 or layout is None:
             return super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size, inputs_embeds)
-        rows, _ = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
-        order = torch.cat([torch.nonzero(rows == row)[:, 0] for row in range(input_ids.shape[0])
+        rows, _ = image_slots(layout, self.config.image_token_id, self.config.num_image_tokens)
+        order = torch.cat([torch.nonzero(rows == row)[:, 0] for row in range(layout.shape[0])
                            for _ in range(expand_size)])
         for key, value in list(features.items()):
             if isinstance(value, torch.Tensor) and value.shape[0] == len(rows):

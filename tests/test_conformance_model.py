@@ -187,13 +187,9 @@ class DeemModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
         xfail mark on the test would see it pass; without the subTest the error reaches the test."""
         return mock.patch.object(self, "subTest", lambda *args, **kwargs: contextlib.nullcontext())
 
-    @pytest.mark.xfail(strict=True, reason="issue 11: forward with inputs_embeds (no input_ids) and images fails "
-                       "with MMFS: image_memory() needs input_ids or image_layout_ids to place the images")
     def test_inputs_embeds(self):
         super().test_inputs_embeds()
 
-    @pytest.mark.xfail(strict=True, reason="issue 11: generate(inputs_embeds=...) is refused: "
-                       "prepare_inputs_for_generation(input_ids, *args, **kwargs) hides its inputs_embeds parameter")
     def test_generate_from_inputs_embeds(self):
         super().test_generate_from_inputs_embeds()
 

@@ -84,3 +84,18 @@ def test_static_cache_generation_matches_and_compilation_is_declared_unsupported
     config = GenerationConfig(compile_config=CompileConfig(fullgraph=True))
     config.compile_config._compile_all_devices = True
     assert not open_model._valid_auto_compile_criteria({}, config)
+
+
+def test_a_prompt_given_as_embeddings_reads_like_its_ids(open_model):
+    prompt = _prompt()
+    ids = prompt.pop("input_ids")
+    embeds = open_model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        from_ids = open_model(input_ids=ids, pixel_values=prompt["pixel_values"]).logits
+        from_embeds = open_model(inputs_embeds=embeds, pixel_values=prompt["pixel_values"]).logits
+    torch.testing.assert_close(from_embeds, from_ids)
+    generated = open_model.generate(input_ids=ids, **prompt)[:, ids.shape[1]:]
+    assert torch.equal(open_model.generate(inputs_embeds=embeds, **prompt), generated)  # only new tokens
+    beams = {"num_beams": 2, "max_new_tokens": 4, "do_sample": False}
+    assert torch.equal(open_model.generate(inputs_embeds=embeds, pixel_values=prompt["pixel_values"], **beams),
+                       open_model.generate(input_ids=ids, pixel_values=prompt["pixel_values"], **beams)[:, ids.shape[1]:])
