@@ -151,6 +151,20 @@ class DeemForConditionalGeneration(
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------- plumbing
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """transformers' activation (gradient) checkpointing, always non-reentrant with MMFS: the MMFS layers read
+        the images' maps through a keyword argument, which reentrant checkpointing does not track (it would
+        backpropagate through the image encoder twice). Non-reentrant is PyTorch's recommended mode."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if self.config.mmfs:
+            if kwargs.get("use_reentrant"):
+                logger.warning_once("use_reentrant=True cannot track MMFS's image maps; checkpointing with "
+                                    "use_reentrant=False instead.")
+            kwargs["use_reentrant"] = False
+        super().activation_checkpointing_enable(kwargs or None, every_n_layers, offload)
+
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         """transformers visits children before parents, so the model itself comes last: MMFS gets its authors'
         init there, after the LLM's own init has visited the LLM's layers (MMFS included). Done before
@@ -232,9 +246,13 @@ class DeemForConditionalGeneration(
         `condition_input_ids` (from `DeemDiffusionProcessor`) feed the UNet feature extractor; its tokens join
         (or replace) the ConvNeXt tokens at the resampler's input. Returns a `DeemImageFeatures`, or its
         `to_tuple()` with `return_dict=False` (other generate bookkeeping in `kwargs` is ignored)."""
-        tokens, maps = [], {}
+        output_hidden_states = kwargs.get("output_hidden_states")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        tokens, maps, hidden_states = [], {}, None
         if hasattr(self, "vision_tower"):
-            resampler_tokens, level_tokens, level_shapes = self.vision_tower(pixel_values, image_masks)
+            resampler_tokens, level_tokens, level_shapes, hidden_states = self.vision_tower(
+                pixel_values, image_masks, output_hidden_states=bool(output_hidden_states))
             tokens.append(resampler_tokens)
             if self.config.mmfs:
                 maps = self._mmfs_maps(level_tokens, level_shapes)
@@ -255,6 +273,7 @@ class DeemForConditionalGeneration(
             last_hidden_state=resampled,
             pooler_output=self.image_to_text(resampled),
             condition_embeds=self.image_to_condition(resampled) if self.config.with_image_decoder else None,
+            hidden_states=hidden_states,
             **maps,
         )
         return_dict = kwargs.get("return_dict")
@@ -321,7 +340,7 @@ class DeemForConditionalGeneration(
         decoder_pixel_values: decoder views `(num_images, 3, 512, 512)` in [-1, 1] of the same images; when given
             (training), NIP and CSR are computed, with each image encoded by the VAE once for both.
         labels: next-token targets; image placeholders, `<s>` and a `<|startofimage|>` straight after `<s>` are
-            never targets.
+            never targets. `shift_labels` (in kwargs): targets already shifted by one, same rule.
         mm_encoder_outputs: precomputed `get_image_features` output (or transformers' `{"image": ...}`), used
             instead of `pixel_values`: `generate` encodes the images once this way, and an image asked several
             questions can be encoded once by the caller.
@@ -335,6 +354,7 @@ class DeemForConditionalGeneration(
         # What the call leaves unsaid comes from DEEM's config (not the LLM's, which from_pretrained(...,
         # output_attentions=True) does not reach).
         return_dict = kwargs.pop("return_dict", None)
+        shift_labels = kwargs.pop("shift_labels", None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if output_attentions is None:
             output_attentions = self.config.output_attentions
@@ -356,7 +376,13 @@ class DeemForConditionalGeneration(
         logits = self.output_logits(hidden[:, keep, :])
 
         ntp_loss = nip_loss = csr_loss = None
-        if labels is not None:
+        if shift_labels is not None:  # targets already shifted (sequence / context parallel training)
+            ignored = torch.zeros_like(shift_labels, dtype=torch.bool)
+            ignored[:, :-1] = self.ntp_ignored(token_ids)[:, 1:]
+            ntp_loss = self.language_model.loss_function(
+                logits=logits, labels=None, shift_labels=shift_labels.masked_fill(ignored, -100),
+                vocab_size=self.config.text_config.vocab_size)
+        elif labels is not None:
             labels = self.ntp_labels(labels, token_ids)
             ntp_loss = self.language_model.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
@@ -397,16 +423,21 @@ class DeemForConditionalGeneration(
         ids = torch.tensor(self.config.new_token_ids, device=logits.device)
         return logits.index_add(-1, ids, self.new_token_head(hidden).to(logits.dtype))
 
-    def ntp_labels(self, labels: torch.LongTensor, input_ids: torch.LongTensor) -> torch.LongTensor:
-        """The original's NTP targets: never an image placeholder, a `<s>`, or a `<|startofimage|>` right after
-        `<s>` (a document that opens with an image says nothing about when to start one)."""
+    def ntp_ignored(self, input_ids: torch.LongTensor) -> torch.BoolTensor:
+        """Tokens that are never NTP targets (the original's rule): an image placeholder, a `<s>`, or a
+        `<|startofimage|>` right after `<s>` (a document that opens with an image says nothing about when to
+        start one)."""
         ignored = input_ids == self.config.image_token_id
         bos = self.config.bos_token_id
         if bos is not None:
             after_bos = torch.zeros_like(ignored)
             after_bos[:, 1:] = (input_ids[:, :-1] == bos) & (input_ids[:, 1:] == self.config.image_start_token_id)
             ignored |= (input_ids == bos) | after_bos
-        return labels.masked_fill(ignored, -100)
+        return ignored
+
+    def ntp_labels(self, labels: torch.LongTensor, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """`labels` with the tokens `ntp_ignored` names masked out."""
+        return labels.masked_fill(self.ntp_ignored(input_ids), -100)
 
     def token_layout(self, inputs_embeds: torch.FloatTensor) -> torch.LongTensor:
         """`(B, T)` ids of DEEM's own tokens (image placeholders, `<|startofimage|>`, `<s>`) found in embeddings

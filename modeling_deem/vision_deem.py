@@ -86,10 +86,11 @@ class DeemVisionTower(nn.Module):
         return self.trunk
 
     def forward(
-        self, pixel_values: torch.Tensor, image_masks: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, tuple[int, int]]]:
+        self, pixel_values: torch.Tensor, image_masks: torch.Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, tuple[int, int]], tuple[torch.Tensor, ...] | None]:
         """The resampler's input tokens, every adapted level's map `(N, h*w, hidden)` (with its position
-        embedding, unmasked: what MMFS reads) and each level's (h, w)."""
+        embedding, unmasked: what MMFS reads), each level's (h, w), and, when asked, the ConvNeXt's hidden
+        states as transformers' ConvNext returns them (the stem's output, then each stage's)."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
                 f"pixel_values must be (num_images, 3, height, width), got shape {tuple(pixel_values.shape)}"
@@ -100,7 +101,15 @@ class DeemVisionTower(nn.Module):
                 f"({pixel_values.shape[0]}), got shape {tuple(image_masks.shape)}"
             )
         pixel_values = pixel_values.to(next(self.trunk.parameters()).dtype)
-        maps = self.trunk.forward_intermediates(pixel_values, indices=self.levels, intermediates_only=True)
+        hidden_states = None
+        if output_hidden_states:  # the same computation as forward_intermediates, keeping every stage
+            states = [self.trunk.stem(pixel_values)]
+            for stage in self.trunk.stages:
+                states.append(stage(states[-1]))
+            hidden_states = tuple(states)
+            maps = [states[level + 1] for level in self.levels]
+        else:
+            maps = self.trunk.forward_intermediates(pixel_values, indices=self.levels, intermediates_only=True)
         level_tokens, level_shapes = {}, {}
         for level, feature_map in zip(self.levels, maps):
             _, _, height, width = feature_map.shape
@@ -120,4 +129,4 @@ class DeemVisionTower(nn.Module):
         cls = grid_tokens[-1].mean(1, keepdim=True)
         grid = torch.cat(grid_tokens, dim=1)
         masked, region = self.mask_extractor(grid, torch.cat(grid_masks, dim=1))
-        return self.norm(torch.cat([cls, region, masked], dim=1)), level_tokens, level_shapes
+        return self.norm(torch.cat([cls, region, masked], dim=1)), level_tokens, level_shapes, hidden_states

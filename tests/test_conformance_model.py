@@ -193,21 +193,13 @@ class DeemModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     def test_generate_from_inputs_embeds(self):
         super().test_generate_from_inputs_embeds()
 
-    @pytest.mark.xfail(strict=True, reason="issue 11: get_image_features ignores output_hidden_states (argument and "
-                       "config): DeemImageFeatures.hidden_states is always None")
     def test_get_image_features_hidden_states(self):
         super().test_get_image_features_hidden_states()
 
-    @pytest.mark.xfail(strict=True, reason="issue 11: reentrant gradient checkpointing with MMFS raises 'Trying to "
-                       "backward through the graph a second time': the LLM's MMFS layers read the image feature maps "
-                       "through the ImageMemory kwarg, which torch.utils.checkpoint(use_reentrant=True) does not see")
     def test_training_gradient_checkpointing_use_reentrant_true(self):
         with self._without_subtests():
             super().test_training_gradient_checkpointing_use_reentrant_true()
 
-    @pytest.mark.xfail(strict=True, reason="issue 11: the NTP loss ignores shift_labels (sequence/context parallel "
-                       "training): forward calls language_model.loss_function(logits, labels, vocab_size) without it, "
-                       "and the shift_labels kwarg goes on to the LLM decoder, which ignores it")
     def test_causal_lm_loss_honors_shift_labels(self):
         with self._without_subtests():
             super().test_causal_lm_loss_honors_shift_labels()

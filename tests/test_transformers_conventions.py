@@ -99,3 +99,37 @@ def test_a_prompt_given_as_embeddings_reads_like_its_ids(open_model):
     beams = {"num_beams": 2, "max_new_tokens": 4, "do_sample": False}
     assert torch.equal(open_model.generate(inputs_embeds=embeds, pixel_values=prompt["pixel_values"], **beams),
                        open_model.generate(input_ids=ids, pixel_values=prompt["pixel_values"], **beams)[:, ids.shape[1]:])
+
+
+def test_shift_labels_give_the_same_ntp_loss_as_labels(tiny_model):
+    data = batch()
+    tiny_model.eval()
+    labels = data.pop("labels")
+    shifted = torch.full_like(labels, -100)
+    shifted[:, :-1] = labels[:, 1:]
+    with torch.no_grad():
+        from_labels = tiny_model(**data, labels=labels).ntp_loss
+        from_shifted = tiny_model(**data, shift_labels=shifted).ntp_loss
+    torch.testing.assert_close(from_shifted, from_labels)
+
+
+def test_image_features_return_the_convnext_hidden_states_on_request(tiny_model):
+    pixels = batch()["pixel_values"]
+    tiny_model.eval()
+    with torch.no_grad():
+        plain = tiny_model.get_image_features(pixels)
+        full = tiny_model.get_image_features(pixels, output_hidden_states=True)
+    stages = len(tiny_model.vision_tower.trunk.stages)
+    assert plain.hidden_states is None and len(full.hidden_states) == stages + 1  # the stem, then each stage
+    torch.testing.assert_close(full.last_hidden_state, plain.last_hidden_state)
+
+
+def test_reentrant_checkpointing_is_asked_for_but_mmfs_trains_non_reentrantly(tiny_model, caplog):
+    from transformers.utils import logging
+
+    logging.enable_propagation()
+    tiny_model.train()
+    tiny_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    data = make_batch([[BOS, 10] + image_slot() + [11, 12] + image_slot() + [13, EOS]])
+    tiny_model(**data).loss.backward()  # reentrant would backpropagate through the image encoder twice
+    assert tiny_model.visual_resampler.queries.grad is not None
