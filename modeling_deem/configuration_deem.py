@@ -228,6 +228,7 @@ class DeemConfig(PretrainedConfig):
         nip_loss_weight: float = 5.0,
         csr_loss_weight: float = 5.0,
         condition_dropout_prob: float = 0.1,
+        fuse_diffusion_losses: bool = True,
         csr_timestep_range: list[int] | None = None,
         nip_timestep_range: list[int] | None = None,
         initializer_range: float = 0.02,
@@ -277,6 +278,8 @@ class DeemConfig(PretrainedConfig):
         self.nip_loss_weight = nip_loss_weight
         self.csr_loss_weight = csr_loss_weight
         self.condition_dropout_prob = condition_dropout_prob
+        # NIP and CSR denoise in one UNet call (cheaper; the same losses); False: two calls (less peak memory).
+        self.fuse_diffusion_losses = bool(fuse_diffusion_losses)
         self.csr_timestep_range = list(csr_timestep_range) if csr_timestep_range is not None else [200, 800]
         self.nip_timestep_range = list(nip_timestep_range) if nip_timestep_range is not None else None
         self.initializer_range = initializer_range

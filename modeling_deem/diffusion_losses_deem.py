@@ -6,18 +6,36 @@ Exported as remote code: import siblings only with ``from .x import Y``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .diffusion_deem import denoising_loss, encode_latents
+from .diffusion_deem import denoising_error, encode_latents, noised_latents
 from .mmfs_language import document_starts, image_slots
 from .mmfs_unet import DecoderImageContext
 from .positional_embeddings import sincos_1d
 
 if TYPE_CHECKING:
     from .modeling_deem import DeemImageFeatures
+
+
+@dataclass
+class DenoisingPart:
+    """One loss's UNet samples, noised: inputs, targets, timesteps, conditions, region weights (or None) and the
+    image each sample's UNet-side MMFS reads (−1: none)."""
+
+    noisy: torch.Tensor
+    target: torch.Tensor
+    timesteps: torch.Tensor
+    condition: torch.Tensor
+    weights: torch.Tensor | None
+    images: torch.LongTensor
+
+    @property
+    def size(self) -> int:
+        return self.noisy.shape[0]
 
 
 class DeemDiffusionLossMixin:
@@ -51,14 +69,33 @@ class DeemDiffusionLossMixin:
         if self.config.csr_loss_weight <= 0 and not kept:
             return None, None  # nothing to denoise: the VAE does not run
         latents = encode_latents(self.vae, decoder_pixel_values)
-        nip_loss = csr_loss = None
+        # Noise is drawn part by part (CSR, then NIP) in the same order whether the UNet runs once or twice.
+        parts: dict[str, DenoisingPart] = {}
         if self.config.csr_loss_weight > 0:
-            own = torch.arange(num_images, device=latents.device)
-            csr_loss = self._csr_loss(latents, image_features.condition_embeds, image_masks,
-                                      self.decoder_image_context(image_features, own))
+            parts["csr"] = self._csr_part(latents, image_features.condition_embeds, image_masks)
         if kept:
-            nip_loss = self._nip_loss(latents, contexts, kept, input_ids, image_features, position_ids)
-        return nip_loss, csr_loss
+            parts["nip"] = self._nip_part(latents, contexts, kept, input_ids, position_ids)
+        groups = [list(parts)] if self.config.fuse_diffusion_losses else [[name] for name in parts]
+        losses: dict[str, torch.Tensor] = {}
+        for names in groups:
+            errors = self._denoise([parts[name] for name in names], image_features)
+            for name, error in zip(names, errors.split([parts[name].size for name in names])):
+                losses[name] = error.mean()
+        return losses.get("nip"), losses.get("csr")
+
+    def _denoise(self, parts: list[DenoisingPart], image_features: DeemImageFeatures | None) -> torch.Tensor:
+        """One UNet call over the parts' samples (per-sample errors, in order). Region weights: the parts'
+        masks, 1 where a part has none."""
+        weights = None
+        if any(part.weights is not None for part in parts):
+            reference = next(part.weights for part in parts if part.weights is not None)
+            weights = torch.cat([part.weights if part.weights is not None
+                                 else reference.new_ones((part.size, *reference.shape[1:])) for part in parts])
+        context = self.decoder_image_context(image_features, torch.cat([part.images for part in parts]))
+        return denoising_error(
+            self.unet, torch.cat([part.noisy for part in parts]), torch.cat([part.target for part in parts]),
+            torch.cat([part.timesteps for part in parts]), torch.cat([part.condition for part in parts]),
+            weights, unet_kwargs=self._decoder_mmfs_kwargs(context))
 
     def decoder_image_context(
         self, image_features: DeemImageFeatures | None, indices: torch.LongTensor
@@ -92,17 +129,16 @@ class DeemDiffusionLossMixin:
     def _sample_timesteps(self, low: int, high: int, count: int, device: torch.device) -> torch.LongTensor:
         return torch.randint(low, high, (count,), device=device, dtype=torch.long)
 
-    def _csr_loss(
-        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None,
-        decoder_context: DecoderImageContext | None = None,
-    ) -> torch.Tensor:
-        """The frozen UNet denoises each image from the image encoder's own tokens (and, with MMFS, its feature
-        maps); gradient reaches E_V."""
+    def _csr_part(
+        self, latents: torch.Tensor, condition: torch.Tensor, image_masks: torch.Tensor | None
+    ) -> DenoisingPart:
+        """CSR: the frozen UNet denoises each image from the image encoder's own tokens (and, with MMFS, its own
+        feature maps); gradient reaches E_V."""
         low, high = self.config.csr_timestep_range
         timesteps = self._sample_timesteps(low, high, latents.shape[0], latents.device)
-        per_image = denoising_loss(self.unet, self.noise_scheduler, latents, condition, timesteps, image_masks,
-                                   unet_kwargs=self._decoder_mmfs_kwargs(decoder_context))
-        return per_image.mean()
+        noisy, target = noised_latents(self.noise_scheduler, latents, timesteps)
+        own = torch.arange(latents.shape[0], device=latents.device)
+        return DenoisingPart(noisy, target, timesteps, condition, image_masks, own)
 
     def _decoder_mmfs_kwargs(self, context: DecoderImageContext | None) -> dict[str, Any]:
         return self.decoder_mmfs.unet_kwargs(context) if context is not None else {}
@@ -150,17 +186,16 @@ class DeemDiffusionLossMixin:
         tokens = self.context_proj(padded) + positions.to(padded.dtype)
         return self.condition_resampler(tokens, key_mask)
 
-    def _nip_loss(
+    def _nip_part(
         self,
         latents: torch.Tensor,
         contexts: list[torch.Tensor],
         kept: list[int],
         input_ids: torch.LongTensor,
-        image_features: DeemImageFeatures | None = None,
         position_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
-        """Each image with a context (`image_contexts`: all but a document's first) is denoised from it (and, with
-        MMFS, the feature maps of the image before it); 10 % condition drop."""
+    ) -> DenoisingPart:
+        """NIP: each image with a context (`image_contexts`: all but a document's first) is denoised from it (and,
+        with MMFS, the feature maps of the image before it); 10 % condition drop."""
         condition = self.condition_from_contexts(contexts)
         if self.training and self.config.condition_dropout_prob > 0:
             drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob
@@ -169,6 +204,5 @@ class DeemDiffusionLossMixin:
         low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
         timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
         kept = torch.tensor(kept, device=latents.device)
-        context = self.decoder_image_context(image_features, self.previous_images(input_ids, position_ids)[kept])
-        return denoising_loss(self.unet, self.noise_scheduler, latents[kept], condition, timesteps,
-                              unet_kwargs=self._decoder_mmfs_kwargs(context)).mean()
+        noisy, target = noised_latents(self.noise_scheduler, latents[kept], timesteps)
+        return DenoisingPart(noisy, target, timesteps, condition, None, self.previous_images(input_ids, position_ids)[kept])

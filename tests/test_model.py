@@ -187,3 +187,23 @@ def test_the_vae_does_not_run_when_nothing_is_denoised(tiny_model):
         assert encode.call_count == 0 and out.nip_loss is None and out.csr_loss is None
         tiny_model(**make_batch([[BOS, 10] + image_slot() + [EOS]]))  # now an image has a context
         assert encode.call_count == 1
+
+
+def test_nip_and_csr_share_one_unet_call_with_the_losses_of_two(tiny_model, interleaved_batch):
+    from test_mmfs import open_mmfs
+
+    model = open_mmfs(tiny_model).train()
+    batch = {**interleaved_batch, "image_masks": torch.rand(3, 64, 64).round()}  # CSR on regions, NIP on images
+    calls = []
+    handle = model.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    results = {}
+    for fused in (True, False):
+        model.config.fuse_diffusion_losses = fused
+        calls.clear()
+        torch.manual_seed(0)
+        out = model(**batch)
+        results[fused] = (out.nip_loss, out.csr_loss)
+        assert calls == ([3 + 2] if fused else [3, 2])  # 3 images for CSR, 2 with a NIP context
+    handle.remove()
+    for fused_loss, separate_loss in zip(results[True], results[False]):
+        torch.testing.assert_close(fused_loss, separate_loss, rtol=1e-5, atol=1e-6)
