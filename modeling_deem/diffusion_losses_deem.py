@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from .diffusion_deem import denoising_error, encode_latents, noised_latents
 from .mmfs_language import document_starts, image_slots
@@ -38,6 +37,19 @@ class DenoisingPart:
         return self.noisy.shape[0]
 
 
+def reversed_spans(
+    hidden: torch.Tensor, rows: torch.LongTensor, ends: torch.LongTensor, starts: torch.LongTensor
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """`hidden[row, end], hidden[row, end - 1], …, hidden[row, start]` for each (row, end, start), gathered in one
+    indexing op and zero-padded: `(n, L, H)` and the lengths `(n,)`."""
+    lengths = ends - starts + 1
+    width = int(lengths.max()) if len(lengths) else 0
+    offsets = torch.arange(width, device=hidden.device)
+    gathered = hidden[rows[:, None], (ends[:, None] - offsets[None]).clamp(min=0)]
+    valid = (offsets[None] < lengths[:, None])[..., None]
+    return torch.where(valid, gathered, torch.zeros((), dtype=hidden.dtype, device=hidden.device)), lengths
+
+
 class DeemDiffusionLossMixin:
     """What `DeemForConditionalGeneration` adds to its forward when decoder views are given (training)."""
 
@@ -63,18 +75,19 @@ class DeemDiffusionLossMixin:
             )
         if input_ids is None:
             raise ValueError("NIP needs input_ids to find each image's <|startofimage|> context.")
-        contexts, kept = ([], [])
+        contexts = None
         if self.config.nip_loss_weight > 0:
-            contexts, kept = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
-        if self.config.csr_loss_weight <= 0 and not kept:
+            contexts = self.image_contexts(hidden, input_ids, attention_mask, position_ids)
+        has_nip = contexts is not None and len(contexts[2]) > 0
+        if self.config.csr_loss_weight <= 0 and not has_nip:
             return None, None  # nothing to denoise: the VAE does not run
         latents = encode_latents(self.vae, decoder_pixel_values)
         # Noise is drawn part by part (CSR, then NIP) in the same order whether the UNet runs once or twice.
         parts: dict[str, DenoisingPart] = {}
         if self.config.csr_loss_weight > 0:
             parts["csr"] = self._csr_part(latents, image_features.condition_embeds, image_masks)
-        if kept:
-            parts["nip"] = self._nip_part(latents, contexts, kept, input_ids, position_ids)
+        if has_nip:
+            parts["nip"] = self._nip_part(latents, contexts, input_ids, position_ids)
         groups = [list(parts)] if self.config.fuse_diffusion_losses else [[name] for name in parts]
         losses: dict[str, torch.Tensor] = {}
         for names in groups:
@@ -149,60 +162,58 @@ class DeemDiffusionLossMixin:
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None = None,
-    ) -> tuple[list[torch.Tensor], list[int]]:
-        """For each image slot: the LLM states of its document up to and including its `<|startofimage|>`.
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
+        """For each image slot with a context: the LLM states of its document from its `<|startofimage|>` back to
+        the document's start, found with tensor ops (no per-image loop or host sync but one for the width).
 
         The document starts where `document_starts` says (a BOS, a packed sample's first token, or the first
-        attended token), so packed documents never mix, with or without BOS. Returns the contexts and the indices
-        of the images that have one: an image with nothing but (`<s>`) `<|startofimage|>` before it (the first
-        element of its document) has no NIP target.
+        attended token), so packed documents never mix, with or without BOS. An image with nothing but (`<s>`)
+        `<|startofimage|>` before it (the first element of its document) has no NIP target. Returns the states
+        `(n, L, H)` (zero-padded), their lengths `(n,)` and the indices of the images that have a context `(n,)`.
         """
-        per_image = self.config.num_image_tokens
-        first_placeholders = (input_ids == self.config.image_token_id).nonzero()[::per_image]
+        rows, first = image_slots(input_ids, self.config.image_token_id, self.config.num_image_tokens)
+        soi = first - 1
+        bad = (soi < 0) | (input_ids[rows, soi.clamp(min=0)] != self.config.image_start_token_id)
+        if bad.any():
+            index = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"Image slot {index} (row {int(rows[index])}, position {int(first[index])}) is not preceded by "
+                f"<|startofimage|> (id {self.config.image_start_token_id})."
+            )
         bos = self.config.bos_token_id
-        document_start = document_starts(input_ids, bos, position_ids, attention_mask).clamp(min=0)
-        contexts, kept = [], []
-        for index, (row, position) in enumerate(first_placeholders.tolist()):
-            soi = position - 1
-            if soi < 0 or int(input_ids[row, soi]) != self.config.image_start_token_id:
-                raise ValueError(
-                    f"Image slot {index} (row {row}, position {position}) is not preceded by <|startofimage|> "
-                    f"(id {self.config.image_start_token_id})."
-                )
-            start = int(document_start[row, soi])
-            content = soi - start - int(bos is not None and int(input_ids[row, start]) == bos)
-            if content <= 0:
-                continue
-            contexts.append(hidden[row, start : soi + 1].flip(0))
-            kept.append(index)
-        return contexts, kept
+        start = document_starts(input_ids, bos, position_ids, attention_mask).clamp(min=0)[rows, soi]
+        content = soi - start
+        if bos is not None:
+            content = content - (input_ids[rows, start] == bos).long()
+        kept = (content > 0).nonzero()[:, 0]
+        states, lengths = reversed_spans(hidden, rows[kept], soi[kept], start[kept])
+        return states, lengths, kept
 
-    def condition_from_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """Reversed LLM contexts → `(n, 77, cross_attention_dim)` UNet conditions (the NIP / generation path)."""
-        lengths = torch.tensor([len(c) for c in contexts], device=contexts[0].device)
-        padded = pad_sequence(contexts, batch_first=True)
-        key_mask = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
-        positions = sincos_1d(torch.arange(padded.shape[1], device=padded.device), padded.shape[-1])
-        tokens = self.context_proj(padded) + positions.to(padded.dtype)
+    def condition_from_contexts(self, states: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """Reversed, zero-padded LLM contexts `(n, L, H)` of `lengths` → `(n, 77, cross_attention_dim)` UNet
+        conditions (the NIP / generation path)."""
+        key_mask = (torch.arange(states.shape[1], device=states.device)[None] < lengths[:, None]).long()
+        positions = sincos_1d(torch.arange(states.shape[1], device=states.device), states.shape[-1])
+        tokens = self.context_proj(states) + positions.to(states.dtype)
         return self.condition_resampler(tokens, key_mask)
 
     def _nip_part(
         self,
         latents: torch.Tensor,
-        contexts: list[torch.Tensor],
-        kept: list[int],
+        contexts: tuple[torch.Tensor, torch.LongTensor, torch.LongTensor],
         input_ids: torch.LongTensor,
         position_ids: torch.LongTensor | None = None,
     ) -> DenoisingPart:
         """NIP: each image with a context (`image_contexts`: all but a document's first) is denoised from it (and,
         with MMFS, the feature maps of the image before it); 10 % condition drop."""
-        condition = self.condition_from_contexts(contexts)
+        states, lengths, kept = contexts
+        condition = self.condition_from_contexts(states, lengths)
         if self.training and self.config.condition_dropout_prob > 0:
             drop = torch.rand(condition.shape[0], device=condition.device) < self.config.condition_dropout_prob
             negative = self.negative_condition.weight.to(condition.dtype).expand_as(condition)
             condition = torch.where(drop[:, None, None], negative, condition)
         low, high = self.config.nip_timestep_range or (0, self.noise_scheduler.config.num_train_timesteps)
         timesteps = self._sample_timesteps(low, high, len(kept), latents.device)
-        kept = torch.tensor(kept, device=latents.device)
+        kept = kept.to(latents.device)
         noisy, target = noised_latents(self.noise_scheduler, latents[kept], timesteps)
         return DenoisingPart(noisy, target, timesteps, condition, None, self.previous_images(input_ids, position_ids)[kept])

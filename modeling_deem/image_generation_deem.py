@@ -15,6 +15,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
+from .diffusion_losses_deem import reversed_spans
 from .mmfs_language import document_starts, image_visibility
 from .mmfs_unet import DecoderImageContext, UNetWithImageFeatures
 
@@ -130,14 +131,15 @@ class DeemImageGenerationMixin:
         hidden = outputs.last_hidden_state
         last = input_ids.shape[1] - 1
         starts = document_starts(input_ids, self.config.bos_token_id, None, attention_mask)[:, last].clamp(min=0)
-        contexts = [hidden[row, int(start):].flip(0) for row, start in enumerate(starts.tolist())]
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        states, lengths = reversed_spans(hidden, rows, torch.full_like(starts, last), starts)
         decoder_context = None
         if image_features is not None and self.config.decoder_mmfs:
             table, visible = image_visibility(input_ids, 1, self.config.image_token_id, self.config.num_image_tokens,
                                               self.config.bos_token_id)
             latest = torch.where(visible[:, 0], table, -1).max(-1).values  # image indices grow along a row
             decoder_context = self.decoder_image_context(image_features, latest)
-        return self.condition_from_contexts(contexts), decoder_context
+        return self.condition_from_contexts(states, lengths), decoder_context
 
     @torch.no_grad()
     def generate_images(

@@ -112,7 +112,7 @@ def test_packed_samples_compute_what_they_compute_alone(processor):
     start = lengths[0]
     torch.testing.assert_close(packed_logits[0, start : start + lengths[1]], alone_logits[0], atol=1e-5, rtol=1e-4)
     assert packed["labels"][0, start] == -100
-    contexts, kept = model.image_contexts(torch.zeros(2, packed["input_ids"].shape[1], 32), packed["input_ids"],
+    _, _, kept = model.image_contexts(torch.zeros(2, packed["input_ids"].shape[1], 32), packed["input_ids"],
                                           packed["attention_mask"])
     starts_with_image = ["<image>" in row["text"][:7] for row in rows]
     assert len(kept) == starts_with_image.count(False)  # the first-image rule per sample
@@ -159,8 +159,8 @@ def test_packed_documents_without_bos_are_bounded_by_the_packing():
     torch.testing.assert_close(packed[0, len(first):], alone[0], atol=1e-5, rtol=1e-4)
 
     hidden = torch.arange(length, dtype=torch.float)[None, :, None].expand(1, length, 32)
-    contexts, kept = model.image_contexts(hidden, ids, mask, positions)
-    assert kept == [0, 1, 2]
-    assert int(contexts[1][-1, 0]) == len(first)  # the second document's first image reads from its own start
+    states, lengths, kept = model.image_contexts(hidden, ids, mask, positions)
+    assert kept.tolist() == [0, 1, 2]
+    assert int(states[1, lengths[1] - 1, 0]) == len(first)  # the second document's first image reads from its own start
     assert model.previous_images(ids, positions).tolist() == [-1, -1, 1]
     assert PAD not in first + second

@@ -66,12 +66,12 @@ def test_first_image_of_a_document_has_no_nip_target(tiny_model):
         torch.zeros(len(rows), max(map(len, rows)), 32), make_batch(rows)["input_ids"], None
     )
     # Leading image: no target. Image after text: a context of <s> + 2 tokens + <soi>, reversed.
-    contexts, kept = contexts_of([[BOS] + image_slot() + [10, 11] + image_slot() + [EOS]])
-    assert kept == [1]
-    assert len(contexts[0]) == 1 + 1 + 77 + 2 + 1
+    _, lengths, kept = contexts_of([[BOS] + image_slot() + [10, 11] + image_slot() + [EOS]])
+    assert kept.tolist() == [1]
+    assert lengths.tolist() == [1 + 1 + 77 + 2 + 1]
     # A packed row: the second document starts at its own <s>, so its leading image has no target either.
-    contexts, kept = contexts_of([[BOS, 10, 11] + image_slot() + [EOS, BOS] + image_slot() + [EOS]])
-    assert kept == [0]
+    _, _, kept = contexts_of([[BOS, 10, 11] + image_slot() + [EOS, BOS] + image_slot() + [EOS]])
+    assert kept.tolist() == [0]
     # No image qualifies: NIP is absent rather than a fake zero.
     batch = make_batch([[BOS] + image_slot() + [10, EOS]])
     assert tiny_model(**batch).nip_loss is None
@@ -82,9 +82,9 @@ def test_nip_context_is_reversed_and_bounded_by_the_document(tiny_model):
     rows = [[7, 8, BOS, 10, 11, SOI] + [IMG] * 77]
     input_ids = make_batch(rows)["input_ids"]
     hidden = torch.arange(input_ids.shape[1], dtype=torch.float32)[None, :, None].expand(1, -1, 32)
-    contexts, kept = tiny_model.image_contexts(hidden, input_ids, None)
-    assert kept == [0]
-    assert contexts[0][:, 0].tolist() == [5.0, 4.0, 3.0, 2.0]  # <soi> first, back to the document's <s>
+    states, lengths, kept = tiny_model.image_contexts(hidden, input_ids, None)
+    assert kept.tolist() == [0] and lengths.tolist() == [4]
+    assert states[0, :, 0].tolist() == [5.0, 4.0, 3.0, 2.0]  # <soi> first, back to the document's <s>
 
 
 def test_slot_without_start_token_is_refused(tiny_model):
