@@ -128,7 +128,17 @@ class DeemImageGenerationMixin:
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], 1)
         outputs, image_features = self._run_language_model(input_ids, attention_mask, pixel_values, image_masks,
                                                            use_cache=False, image_inputs=image_inputs)
-        hidden = outputs.last_hidden_state
+        return self._next_image_state(input_ids, outputs.last_hidden_state, attention_mask, image_features)
+
+    def _next_image_state(
+        self,
+        input_ids: torch.LongTensor,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_features: Any,
+    ) -> tuple[torch.Tensor, DecoderImageContext | None]:
+        """From the LLM's last states of whole rows ending in `<|startofimage|>`: the UNet condition (the row's
+        document, reversed) and what the UNet's MMFS reads (the document's latest image)."""
         last = input_ids.shape[1] - 1
         starts = document_starts(input_ids, self.config.bos_token_id, None, attention_mask)[:, last].clamp(min=0)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
@@ -203,37 +213,62 @@ class DeemImageGenerationMixin:
         """Continue one document: text until `<|startofimage|>`, then an image that is fed back as an input
         image, and on, until EOS, `max_new_tokens` text tokens or `max_images` images.
 
-        Returns the new parts in order: token-id tensors (decode with the tokenizer) and PIL images.
+        Nothing is computed twice: the KV cache carries over from segment to segment (each new image's slot is
+        the only prefill after the first), every image is encoded once, and the image condition is read from the
+        states the text generation already produced. Returns the new parts in order: token-id tensors (decode
+        with the tokenizer) and PIL images.
         """
         if input_ids.shape[0] != 1:
             raise ValueError(f"generate_interleaved continues one document at a time, got a batch of {input_ids.shape[0]}.")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("generate_interleaved continues one unpadded document: its attention mask must be all ones.")
         soi, eos = self.config.image_start_token_id, self.config.eos_token_id
         stops = [soi] + (list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        features = self.get_image_features(pixel_values, return_dict=True) if pixel_values is not None else None
         parts: list[torch.LongTensor | Image.Image] = []
-        budget, images_made = max_new_tokens, 0
+        budget, images_made, cache, states = max_new_tokens, 0, None, []
         while budget > 0:
-            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            images = {"pixel_values": pixel_values} if pixel_values is not None else {}
-            generated = super().generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=budget,
-                                         eos_token_id=stops, **images, **text_kwargs)
+            extra = {"mm_encoder_outputs": {"image": features}} if features is not None else {}
+            if cache is not None:
+                extra["past_key_values"] = cache
+            out = super().generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                   max_new_tokens=budget, eos_token_id=stops, return_dict_in_generate=True,
+                                   output_hidden_states=True, **extra, **text_kwargs)
+            generated, cache = out.sequences, out.past_key_values
+            states += [step[-1] for step in out.hidden_states]  # the last layer's states of every token fed
             new = generated[0, input_ids.shape[1]:]
             budget -= len(new)
             ends_with_image = len(new) > 0 and int(new[-1]) == soi
             text = new[:-1] if len(new) and int(new[-1]) in stops else new
             if len(text):
                 parts.append(text)
-            input_ids, attention_mask = generated, None
+            input_ids = generated
             if not ends_with_image or images_made >= max_images:
                 break
-            image = self.generate_images(input_ids, None, pixel_values, num_inference_steps=num_inference_steps,
-                                         guidance_scale=guidance_scale, generator=generator, output_type="pt")
+            # Feed the <|startofimage|> once: its state ends the image's context, and the cache then holds it.
+            step, _ = self._run_language_model(
+                input_ids[:, -1:], torch.ones_like(input_ids), None, None, past_key_values=cache, use_cache=True,
+                mm_encoder_outputs=features, image_layout_ids=input_ids)
+            states.append(step.last_hidden_state)
+            condition, context = self._next_image_state(input_ids, torch.cat(states, dim=1), None, features)
+            image = self.sample_images(condition, num_inference_steps, guidance_scale, generator, "pt",
+                                       decoder_context=context)
             parts.append(_to_pil(image[0]))
             images_made += 1
-            view = self.encoder_view(image.to(self.device)).to(self.dtype)
-            pixel_values = view if pixel_values is None else torch.cat([pixel_values, view], dim=0)
+            view = self.get_image_features(self.encoder_view(image.to(self.device)).to(self.dtype), return_dict=True)
+            features = view if features is None else concat_image_features(features, view)
             placeholders = input_ids.new_full((1, self.config.num_image_tokens), self.config.image_token_id)
             input_ids = torch.cat([input_ids, placeholders], dim=1)
         return parts
+
+
+def concat_image_features(first: Any, second: Any) -> Any:
+    """Two `DeemImageFeatures` of consecutive images as one: per-image tensors concatenated, the rest kept."""
+    joined = {}
+    for key, value in first.items():
+        other = second.get(key)
+        joined[key] = torch.cat([value, other]) if isinstance(value, torch.Tensor) and other is not None else value
+    return type(first)(**joined)
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:

@@ -479,12 +479,20 @@ class DeemForConditionalGeneration(
         image_features = mm_encoder_outputs
         if image_features is None and pixel_values is not None:
             image_features = self.get_image_features(pixel_values, image_masks, return_dict=True, **(image_inputs or {}))
-        # A cached decoding step holds only new text tokens: the images are kept for MMFS, not spliced again.
-        decoding_step = (image_layout_ids is not None and input_ids is not None
-                         and image_layout_ids.shape[1] > inputs_embeds.shape[1])
-        if image_features is not None and not decoding_step:
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features.image_embeds.shape[0])
-            image_embeds = image_features.image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
+        # A cached step holds only the newest tokens of the rows (`image_layout_ids`): only the images whose slots
+        # lie in it are spliced (none for a text token; a new image's slot when a document continues after it).
+        continuing = (image_layout_ids is not None and input_ids is not None
+                      and image_layout_ids.shape[1] > inputs_embeds.shape[1])
+        image_embeds = None if image_features is None else image_features.image_embeds
+        if image_embeds is not None and continuing:
+            if inputs_embeds.shape[1] < self.config.num_image_tokens:
+                image_embeds = None  # too short to hold a slot: a text step
+            else:
+                _, slot_starts = image_slots(image_layout_ids, self.config.image_token_id, self.config.num_image_tokens)
+                image_embeds = image_embeds[slot_starts >= image_layout_ids.shape[1] - inputs_embeds.shape[1]]
+        if image_embeds is not None and (not continuing or len(image_embeds)):
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_embeds.shape[0])
+            image_embeds = image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
         elif image_features is None and input_ids is not None and _is_prefill(past_key_values):
             slots = int((input_ids == self.config.image_token_id).sum()) // self.config.num_image_tokens

@@ -156,3 +156,68 @@ def test_beam_search_keeps_each_rows_images_together(model, processor):
         alone = model.generate(**single, max_new_tokens=4, num_beams=2, do_sample=False)
         assert processor.decode_new_tokens(alone, single["input_ids"].shape[1]) == [expected]
 
+
+
+class ForceImagesEvery(LogitsProcessor):
+    """<|startofimage|> as the 3rd token after the prompt or after each image slot, `images` times; then EOS."""
+
+    def __init__(self, soi: int, img: int, eos: int, prompt_length: int, images: int) -> None:
+        self.soi, self.img, self.eos, self.prompt_length, self.images = soi, img, eos, prompt_length, images
+
+    def __call__(self, input_ids, scores):
+        row = input_ids[0].tolist()
+        made = row[self.prompt_length:].count(self.soi)
+        last_slot = max((i for i, t in enumerate(row) if t == self.img), default=-1)
+        since = len(row) - 1 - max(last_slot, self.prompt_length - 1)
+        forced = (self.soi if made < self.images else self.eos) if since == 2 else None
+        if forced is not None:
+            scores = torch.full_like(scores, -float("inf"))
+            scores[:, forced] = 0
+        else:
+            scores[:, [self.soi, self.eos]] = -float("inf")
+        return scores
+
+
+def test_interleaved_generation_keeps_its_cache_and_matches_the_recompute_everything_way(processor):
+    from test_mmfs import open_mmfs
+
+    torch.manual_seed(0)
+    model = open_mmfs(DeemForConditionalGeneration(DeemConfig.from_pretrained(TINY))).eval()
+    inputs = processor(text="<image> A story:", images=[picture(3)])
+    prompt = inputs["input_ids"].shape[1]
+
+    def forcing():
+        return LogitsProcessorList([ForceImagesEvery(processor.image_start_token_id, model.config.image_token_id,
+                                                     processor.tokenizer.eos_token_id, prompt, images=2)])
+
+    calls = []
+    handle = model.vision_tower.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    parts = model.generate_interleaved(**inputs, max_new_tokens=200, max_images=2, num_inference_steps=2,
+                                       do_sample=False, logits_processor=forcing(),
+                                       generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    assert [type(p).__name__ for p in parts] == ["Tensor", "Image", "Tensor", "Image", "Tensor"]
+    assert calls == [1, 1, 1]  # the prompt's image, then each generated image: each encoded once
+
+    # The same document the old way: every segment re-reads the whole document and re-encodes every image.
+    ids, pixels, expected = inputs["input_ids"], inputs["pixel_values"], []
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                             max_new_tokens=200, do_sample=False, logits_processor=forcing(),
+                             eos_token_id=[processor.image_start_token_id, processor.tokenizer.eos_token_id])
+        expected.append(out[0, ids.shape[1]:-1])
+        ids = out
+        if int(out[0, -1]) != processor.image_start_token_id:
+            break
+        image = model.generate_images(ids, None, pixels, num_inference_steps=2, generator=generator,
+                                      output_type="pt")
+        expected.append(image)
+        pixels = torch.cat([pixels, model.encoder_view(image)])
+        ids = torch.cat([ids, ids.new_full((1, 77), model.config.image_token_id)], dim=1)
+    for got, want in zip(parts, expected):
+        if isinstance(got, torch.Tensor):
+            assert torch.equal(got, want)
+        else:
+            got = torch.from_numpy(np.asarray(got)).permute(2, 0, 1).float() / 255
+            assert (got - want[0]).abs().max() <= 1 / 255 + 1e-6  # the same image up to 8-bit rounding
