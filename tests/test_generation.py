@@ -97,6 +97,16 @@ def test_reconstruction_from_the_encoders_condition(model, processor):
     assert len(images) == 2 and images[0].size == (32, 32)
 
 
+def forced_scores(scores: torch.Tensor, forced: int | None, soi: int, eos: int) -> torch.Tensor:
+    """Only `forced` possible; or, when None, anything but <|startofimage|> and EOS."""
+    if forced is None:
+        scores[:, [soi, eos]] = -float("inf")
+        return scores
+    scores = torch.full_like(scores, -float("inf"))
+    scores[:, forced] = 0
+    return scores
+
+
 class ForceImageThenEnd(LogitsProcessor):
     """Emits <|startofimage|> as the 3rd new token of the first call, then ends the document."""
 
@@ -106,12 +116,7 @@ class ForceImageThenEnd(LogitsProcessor):
     def __call__(self, input_ids, scores):
         new = input_ids.shape[1] - self.prompt_length
         forced = self.soi if new == 2 else self.eos if new > 2 + 77 + 1 else None
-        if forced is not None:
-            scores = torch.full_like(scores, -float("inf"))
-            scores[:, forced] = 0
-        else:
-            scores[:, [self.soi, self.eos]] = -float("inf")
-        return scores
+        return forced_scores(scores, forced, self.soi, self.eos)
 
 
 def test_interleaved_generation_feeds_the_image_back(model, processor):
@@ -170,12 +175,7 @@ class ForceImagesEvery(LogitsProcessor):
         last_slot = max((i for i, t in enumerate(row) if t == self.img), default=-1)
         since = len(row) - 1 - max(last_slot, self.prompt_length - 1)
         forced = (self.soi if made < self.images else self.eos) if since == 2 else None
-        if forced is not None:
-            scores = torch.full_like(scores, -float("inf"))
-            scores[:, forced] = 0
-        else:
-            scores[:, [self.soi, self.eos]] = -float("inf")
-        return scores
+        return forced_scores(scores, forced, self.soi, self.eos)
 
 
 def test_interleaved_generation_keeps_its_cache_and_matches_the_recompute_everything_way(processor):
