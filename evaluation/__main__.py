@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--mmvp-original-answers", action="store_true",
                         help="score MMVP with Questions.csv's own answers (default: known swapped ones corrected)")
+    parser.add_argument("--update-card", action="store_true",
+                        help="add the scores to each local --model folder's card, README.md (evaluation/model_card.py)")
     args = parser.parse_args(argv)
 
     import torch
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             run = {**run_metadata(model, decoding, args.prompt),
                    "prompt_template": answerer.run_settings()["prompt_template"]}
             print(f"wrote {save_result(result, args.results_dir, run)} ({state.num_processes} process(es))")
+            if args.update_card:
+                from .model_card import update_card
+
+                print(update_card(model, result.summary()))
     if state.is_main_process:
         summaries = load_summaries(args.results_dir, args.benchmark, loaded.data_key)
         print(f"{args.benchmark} on {args.data} (data key {loaded.data_key}):")
@@ -89,21 +95,26 @@ def build(argv: list[str]) -> int:
     parser.add_argument("--clip-pretrained", default="openai", help="open_clip tag or checkpoint path")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", default=None,
+                        help="a JSON list of {id, name[, folder]} for another label set (default: ImageNet's 1000)")
     args = parser.parse_args(argv)
 
     from pathlib import Path
 
-    from .robustvqa import ClipZeroShot, build_robustvqa, dataset_images, image_folder
+    from .robustvqa import ClipZeroShot, build_robustvqa, dataset_images, image_folder, load_classes
+
+    classes = load_classes(args.classes) if args.classes else None
 
     source = Path(args.images)
     if (source / "dataset_info.json").exists():
         from datasets import load_from_disk
 
-        items = dataset_images(load_from_disk(str(source)))
+        items = dataset_images(load_from_disk(str(source)), num_classes=len(classes) if classes else 1000)
     else:
-        items = image_folder(source)
-    counts = build_robustvqa(args.source, items, args.output, ClipZeroShot(args.clip_model, args.clip_pretrained),
-                             batch_size=args.batch_size, seed=args.seed)
+        items = image_folder(source, classes)
+    clip = ClipZeroShot(args.clip_model, args.clip_pretrained, classes=classes)
+    counts = build_robustvqa(args.source, items, args.output, clip, batch_size=args.batch_size, seed=args.seed,
+                             classes=classes)
     print(counts)
     return 0
 

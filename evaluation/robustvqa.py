@@ -31,6 +31,18 @@ def imagenet_classes() -> list[dict[str, Any]]:
     return json.loads((Path(__file__).with_name("imagenet_classes.json")).read_text())
 
 
+def load_classes(path: str | Path) -> list[dict[str, Any]]:
+    """Another label set (a toy world's): a JSON list of `{"id", "name"}` (+ optional `folder`/`wnid`), ids 0..n-1
+    in order, so class folders, dataset labels, CLIP's prompts and the questions all use the same names."""
+    classes = json.loads(Path(path).read_text())
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f"{path}: expected a non-empty JSON list of classes.")
+    for index, entry in enumerate(classes):
+        if not isinstance(entry, dict) or entry.get("id") != index or not str(entry.get("name", "")).strip():
+            raise ValueError(f"{path}: class {index} must be {{'id': {index}, 'name': ...}}, got {entry!r}.")
+    return classes
+
+
 @dataclass
 class LabelledImage:
     key: str
@@ -38,41 +50,47 @@ class LabelledImage:
     class_id: int
 
 
-def image_folder(root: str | Path) -> list[LabelledImage]:
-    """ImageNet-style folders: one subfolder per class, named by WordNet id (n01440764) or class index."""
-    by_wnid = {c["wnid"]: c["id"] for c in imagenet_classes()}
+def image_folder(root: str | Path, classes: list[dict[str, Any]] | None = None) -> list[LabelledImage]:
+    """ImageNet-style folders: one subfolder per class, named by WordNet id (n01440764), by a `classes` entry's
+    `folder` (or `wnid`), or by class index."""
+    classes = classes or imagenet_classes()
+    by_name = {c[key]: c["id"] for c in classes for key in ("wnid", "folder") if c.get(key)}
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of class subfolders.")
     items = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name in by_wnid:
-            class_id = by_wnid[folder.name]
-        elif folder.name.isdigit() and 0 <= int(folder.name) < 1000:
+        if folder.name in by_name:
+            class_id = by_name[folder.name]
+        elif folder.name.isdigit() and 0 <= int(folder.name) < len(classes):
             class_id = int(folder.name)
         else:
-            raise ValueError(f"Unknown class folder {folder.name!r}: use a WordNet id or a class index 0-999.")
+            raise ValueError(f"Unknown class folder {folder.name!r}: use a class's folder name (or WordNet id) or a "
+                             f"class index 0-{len(classes) - 1}.")
         items += [LabelledImage(str(f.relative_to(root)), f, class_id)
                   for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     return items
 
 
-def dataset_images(dataset: Any, image_column: str = "image", label_column: str = "label") -> list[LabelledImage]:
-    """A `datasets.Dataset` with an image column and an ImageNet class-index column."""
+def dataset_images(dataset: Any, image_column: str = "image", label_column: str = "label",
+                   num_classes: int = 1000) -> list[LabelledImage]:
+    """A `datasets.Dataset` with an image column and a class-index column (ImageNet's 1000 by default)."""
     items = []
     for index, row in enumerate(dataset):
         label = row[label_column]
-        if not isinstance(label, int) or not 0 <= label < 1000:
-            raise ValueError(f"Row {index}: label {label!r} is not an ImageNet class index (0-999).")
+        if not isinstance(label, int) or not 0 <= label < num_classes:
+            raise ValueError(f"Row {index}: label {label!r} is not a class index (0-{num_classes - 1}).")
         items.append(LabelledImage(f"row-{index}", row[image_column], label))
     return items
 
 
 class ClipZeroShot:
-    """open_clip zero-shot classifier over the 1000 classes (ViT-L/14-336 by default, any name + tag)."""
+    """open_clip zero-shot classifier over the classes (ImageNet's 1000 by default; ViT-L/14-336, any name + tag
+    or checkpoint path)."""
 
     def __init__(self, model_name: str = "ViT-L-14-336", pretrained: str | None = "openai", device: str = "cpu",
-                 model: Any = None, preprocess: Any = None, tokenizer: Any = None) -> None:
+                 model: Any = None, preprocess: Any = None, tokenizer: Any = None,
+                 classes: list[dict[str, Any]] | None = None) -> None:
         import open_clip
 
         if model is None:
@@ -81,14 +99,14 @@ class ClipZeroShot:
         self.preprocess = preprocess
         self.device = device
         tokenizer = tokenizer or open_clip.get_tokenizer(model_name)
-        names = [c["name"] for c in imagenet_classes()]
+        names = [c["name"] for c in classes or imagenet_classes()]
         with torch.no_grad():
             text = self.model.encode_text(tokenizer([PROMPT.format(n) for n in names]).to(device))
         self.text_features = torch.nn.functional.normalize(text.float(), dim=-1)
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        """Images → (N, 1000) similarity logits."""
+        """Images → (N, number of classes) similarity logits."""
         pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
         features = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
         return features @ self.text_features.T
@@ -101,6 +119,7 @@ def build_robustvqa(
     classify: Callable[[list[Image.Image]], torch.Tensor],
     batch_size: int = 32,
     seed: int = 0,
+    classes: list[dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Writes `output` (JSON lines, loadable with `datasets.load_dataset("json", ...)`) and returns counts.
 
@@ -137,7 +156,7 @@ def build_robustvqa(
                     cache.write(json.dumps(record) + "\n")
                 cache.flush()
             bar.update(len(todo[start : start + batch_size]))
-    classes = imagenet_classes()
+    classes = classes or imagenet_classes()
     rows = []
     for item in sorted(items, key=lambda i: i.key):
         record = done.get(item.key)

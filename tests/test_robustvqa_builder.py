@@ -129,5 +129,41 @@ def test_datasets_input_with_image_and_label_columns(tmp_path):
     assert counts["clip_wrong"] == 1
     rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
     assert all(Image.open(r["image"]).size == (24, 20) for r in rows)  # images written beside the output
-    with pytest.raises(ValueError, match="not an ImageNet class index"):
+    with pytest.raises(ValueError, match="not a class index \\(0-999\\)"):
         dataset_images(Dataset.from_dict({"image": images[:1], "label": [1000]}))
+
+
+def test_another_label_set_names_folders_prompts_and_questions(tmp_path):
+    from evaluation.__main__ import main as evaluate_main
+    from evaluation.robustvqa import load_classes
+
+    classes = [{"id": 0, "name": "circle", "folder": "circle"}, {"id": 1, "name": "star", "folder": "star"},
+               {"id": 2, "name": "heart", "folder": "heart"}]
+    (tmp_path / "classes.json").write_text(json.dumps(classes))
+    make_folder(tmp_path / "images", {"circle": 1, "star": 1})
+    items = image_folder(tmp_path / "images", load_classes(tmp_path / "classes.json"))
+    assert [item.class_id for item in items] == [0, 1]
+    predictions = {(0, 0): 2, (40, 0): 1}  # the circle taken for a heart; the star right
+    build_robustvqa("R", items, tmp_path / "toy.jsonl", TinyClassifier(predictions, 3), classes=classes)
+    rows = [json.loads(line) for line in (tmp_path / "toy.jsonl").read_text().splitlines()]
+    assert sorted((r["object"], r["answer"]) for r in rows) == [("circle", "yes"), ("heart", "no")]
+    with pytest.raises(ValueError, match="Unknown class folder 'square'"):
+        make_folder(tmp_path / "more", {"square": 1})
+        image_folder(tmp_path / "more", classes)
+    (tmp_path / "bad.json").write_text(json.dumps([{"id": 1, "name": "x"}]))
+    with pytest.raises(ValueError, match="class 0 must be"):
+        load_classes(tmp_path / "bad.json")
+    with pytest.raises(SystemExit):
+        evaluate_main(["build-robustvqa", "--help"])
+
+
+class TinyClassifier(KnownClassifier):
+    def __init__(self, predictions, num_classes):
+        super().__init__(predictions)
+        self.num_classes = num_classes
+
+    def __call__(self, images):
+        logits = torch.zeros(len(images), self.num_classes)
+        for row, image in enumerate(images):
+            logits[row, self.predictions[image.getpixel((0, 0))[:2]]] = 1.0
+        return logits
