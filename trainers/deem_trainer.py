@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -82,6 +84,10 @@ class DeemLossMixin:
         parts.clear()
         super().log(logs, start_time)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        with own_class(self.model):
+            super()._save(output_dir, state_dict=state_dict)
+
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Per-group learning rates from the stage recipe (or one rate without a stage); decay as Trainer does."""
         if self.optimizer is not None or self.stage is None:
@@ -102,6 +108,26 @@ class DeemLossMixin:
         param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+@contextmanager
+def own_class(model: nn.Module) -> Iterator[None]:
+    """The model as an instance of its own class for a while. FSDP2 (`fully_shard`) turns it into an instance of
+    a class it generates (`FSDPDeemForConditionalGeneration`, defined in torch): saved as that, the folder's
+    `auto_map` and remote code would be torch's FSDP files instead of DEEM's."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without distributed
+        FSDPModule = ()
+    generated = type(model)
+    if not FSDPModule or not isinstance(model, FSDPModule):
+        yield
+        return
+    model.__class__ = next(c for c in generated.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = generated
 
 
 class DeemTrainer(DeemLossMixin, Trainer):
