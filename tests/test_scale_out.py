@@ -1,10 +1,9 @@
-"""Scale-out with the shipped config files: FSDP2 and DeepSpeed ZeRO-2 through `accelerate launch`, on two CPU
-processes (gloo).
+"""Scale-out with the shipped config files: DeepSpeed ZeRO-2 through `accelerate launch` on two CPU processes
+(gloo). The test needs `deepspeed` (not a dependency of this package), so it is skipped where it is not installed.
 
-accelerate 1.15 alone keeps CPU processes MULTI_CPU and trains them with DDP even under `--use_fsdp`;
-`trainers.train_deem` turns such a run to FSDP (`fsdp_on_cpu`), so the FSDP test runs what GPUs run: FSDP2 with
-the transformer-layer wrap policy and FULL_STATE_DICT saves. The DeepSpeed test needs `deepspeed` (not a
-dependency of this package), so it is skipped where it is not installed.
+FSDP2 on CPU processes is not tested: accelerate 1.15 keeps CPU processes MULTI_CPU and trains them with DDP
+even under `--use_fsdp` (silently), and making it shard would mean patching accelerate's state, which this
+project does not do. The FSDP configs are for GPUs.
 """
 
 import json
@@ -93,25 +92,6 @@ def assert_normal_checkpoint(folder: Path, trained: dict[str, torch.Tensor]) -> 
     assert auto_map["AutoModel"] == auto_map["AutoModelForImageTextToText"] == \
         "modeling_deem.DeemForConditionalGeneration"
     assert (folder / "modeling_deem.py").exists() and not list(folder.glob("_fsdp*.py"))
-
-
-def test_fsdp2_on_two_cpu_processes_saves_a_normal_checkpoint_and_resumes_exactly(tmp_path, rows):
-    def run(output_dir: Path, *extra: str) -> None:
-        launch("configs/accelerate_fsdp_cpu.yaml", output_dir, rows, "--use_cpu", *extra)
-
-    straight, resumed = straight_and_resumed(tmp_path, run)
-    # Two processes, sharded by FSDP: its checkpoints hold accelerate's FSDP model and optimizer files (a DDP
-    # run saves optimizer.pt and no pytorch_model_fsdp.bin).
-    assert torch.load(straight / "training_args.bin", weights_only=False).world_size == 2
-    checkpoint = straight / "checkpoint-4"
-    assert (checkpoint / "pytorch_model_fsdp.bin").exists() and (checkpoint / "optimizer.bin").exists()
-    assert not (checkpoint / "optimizer.pt").exists()
-    # The output folder holds exactly the weights FSDP gathered itself at the last step, which steps 3-4 changed.
-    trained = torch.load(checkpoint / "pytorch_model_fsdp.bin", weights_only=True)
-    assert_normal_checkpoint(straight, trained)
-    earlier = torch.load(straight / "checkpoint-2" / "pytorch_model_fsdp.bin", weights_only=True)
-    assert any(not torch.equal(earlier[k], trained[k]) for k in trained)
-    assert_resumed_exactly(straight, resumed)
 
 
 def test_deepspeed_zero2_on_two_cpu_processes_saves_a_normal_checkpoint_and_resumes_exactly(tmp_path, rows):

@@ -7,8 +7,7 @@
 
 Every `TrainingArguments` field not given on the command line takes the stage recipe's value (paper Table 12);
 what you give wins. Multi-process: `accelerate launch --multi_gpu --num_processes N -m trainers.train_deem ...`
-or `torchrun --nproc_per_node N -m trainers.train_deem ...` (see the README for DeepSpeed / FSDP; FSDP2 also runs
-on CPU processes: `accelerate launch --config_file configs/accelerate_fsdp_cpu.yaml ... --use_cpu`).
+or `torchrun --nproc_per_node N -m trainers.train_deem ...` (see the README for DeepSpeed / FSDP).
 """
 
 from __future__ import annotations
@@ -141,32 +140,6 @@ def build_model(args: ModelArguments, stage: str) -> DeemForConditionalGeneratio
     return model
 
 
-def fsdp_on_cpu() -> None:
-    """Let `accelerate launch --use_fsdp` shard a run of several CPU processes (gloo). accelerate 1.15 keeps such a
-    run MULTI_CPU and silently trains it with DDP, though torch's FSDP2 (`fully_shard`) runs on CPU: this turns the
-    accelerator state to FSDP, with the launcher's plugin, as accelerate does on GPUs. FSDP1 cannot: torch rejects
-    its CPU device, so asking for it is an error rather than a silent DDP run."""
-    from accelerate.state import AcceleratorState, DistributedType, PartialState
-
-    init = AcceleratorState.__init__
-    if getattr(init, "deem_fsdp_on_cpu", False):
-        return
-
-    def __init__(self, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
-        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is None or self.distributed_type != DistributedType.MULTI_CPU:
-            return
-        if fsdp_plugin.fsdp_version != 2:
-            raise ValueError("FSDP on CPU processes needs fsdp_version 2 (torch's FSDP1 does not run on CPU).")
-        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-        self.fsdp_plugin = fsdp_plugin
-        if self._mixed_precision != "no":
-            fsdp_plugin.set_mixed_precision(self._mixed_precision)
-
-    __init__.deem_fsdp_on_cpu = True
-    AcceleratorState.__init__ = __init__
-
-
 def main(argv: list[str] | None = None) -> DeemTrainer:
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ModelArguments, DataArguments, StageArguments, TrainingArguments))
@@ -192,7 +165,6 @@ def main(argv: list[str] | None = None) -> DeemTrainer:
     collator = DeemDataCollator(processor, decoder_views=recipe.with_image_decoder, seed=training_args.seed)
     if data_args.packing_max_length:
         collator = DeemPackingCollator(collator, max_length=data_args.packing_max_length)
-    fsdp_on_cpu()  # acts only for FSDP over CPU processes
     # The processor goes into every checkpoint and the output folder (Trainer's processing_class), so each of
     # them feeds pipeline(...) and `python -m evaluation` as it is.
     trainer = DeemTrainer(model=model, args=training_args, train_dataset=load_rows(data_args, training_args.seed),
