@@ -2,11 +2,9 @@
 folder holds survives; the model's processor is saved with it, so the folder feeds pipeline as it is."""
 
 import os
-import random
 import shutil
 import signal
 import threading
-import time
 
 import pytest
 import torch
@@ -37,40 +35,54 @@ def which(folder, candidates: dict[str, dict[str, torch.Tensor]]) -> str:
     raise AssertionError(f"{folder} holds neither save: a mix")
 
 
+def killed_while_saving(model, target, kill_point: tuple[str, int]) -> int:
+    """Save `model` over `target` in a forked child that SIGKILLs itself at `kill_point`: ("shard", k) as it is
+    about to write its k-th weight file, ("swap", 0) just before the staging folder is swapped in. Whatever the
+    machine's load, the kill lands exactly there. Returns the child's wait status."""
+    import transformers.modeling_utils as modeling_utils
+
+    import modeling_deem.atomic_save as atomic_save
+
+    child = os.fork()
+    if child == 0:
+        try:
+            # tqdm's write lock is a semaphore shared across fork: a child killed holding it would hang us.
+            tqdm.set_lock(threading.RLock())
+            disable_progress_bar()
+            kind, count = kill_point
+            written = []
+
+            def die_at_shard(*args, **kwargs):
+                if len(written) == count:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                written.append(1)
+                return save_shard(*args, **kwargs)
+
+            save_shard = modeling_utils.safe_save_file
+            if kind == "shard":
+                modeling_utils.safe_save_file = die_at_shard
+            else:
+                atomic_save._replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+            model.save_pretrained(target, max_shard_size=SHARD)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(child, 0)
+    return status
+
+
 def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_save(tmp_path):
     old, new = tiny(0), tiny(1)
     candidates = {"old": weights(old), "new": weights(new)}
     target = tmp_path / "model"
-    start = time.perf_counter()
-    new.save_pretrained(tmp_path / "timing", max_shard_size=SHARD)
-    duration = time.perf_counter() - start
-    rng = random.Random(0)
-    outcomes, interrupted = [], 0
-    for _ in range(8):
+    for kill_point in [("shard", 0), ("shard", 1), ("shard", 4), ("swap", 0)]:
         old.save_pretrained(target, max_shard_size=SHARD)
-        ready, go = os.pipe()
-        child = os.fork()
-        if child == 0:  # the child saves the new model over the old one and is killed part-way
-            try:
-                # tqdm's write lock is a semaphore shared across fork: a child killed holding it would hang us.
-                tqdm.set_lock(threading.RLock())
-                disable_progress_bar()
-                os.write(go, b"1")
-                new.save_pretrained(target, max_shard_size=SHARD)
-            finally:
-                os._exit(0)
-        os.read(ready, 1)  # the save starts now: kill it somewhere inside
-        os.close(ready)
-        os.close(go)
-        time.sleep(rng.uniform(0, duration * 0.8))
-        os.kill(child, signal.SIGKILL)
-        _, status = os.waitpid(child, 0)
-        interrupted += os.WIFSIGNALED(status)
-        outcomes.append(which(target, candidates))
+        status = killed_while_saving(new, target, kill_point)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_point
+        assert which(target, candidates) == "old", kill_point  # never a mix of the two saves' shards
         for leftover in tmp_path.glob(".model.saving-*"):  # a killed save's staging folder
             shutil.rmtree(leftover)
-    assert interrupted >= 4, "the saves finished before they could be killed"
-    assert "old" in outcomes  # some kills landed before the swap (and none left a mix: `which` checks)
+    new.save_pretrained(target, max_shard_size=SHARD)
+    assert which(target, candidates) == "new"
 
 
 def test_a_save_over_a_training_folder_keeps_its_other_content_and_drops_old_shards(tmp_path):
