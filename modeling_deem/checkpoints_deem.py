@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from transformers.utils import logging
 
 from .atomic_save import atomic_directory
+from .model_card_deem import write_model_card
 
 if TYPE_CHECKING:
     from .modeling_deem import DeemForConditionalGeneration
@@ -79,7 +80,8 @@ class DeemCheckpointMixin:
         or one you set) is saved with it, so the folder feeds `pipeline` and `python -m evaluation` as it is;
         without one, a warning says so. Atomic: the save is written beside the folder and swapped in (see
         `atomic_save`), so a kill leaves the old save or the new one, never a mix of their shards. Also maps
-        `AutoModel` to this class, so both auto classes load the folder with remote code."""
+        `AutoModel` to this class, so both auto classes load the folder with remote code. Writes the model card
+        (`README.md`, see `model_card_deem`: kept instead when the folder holds one someone wrote)."""
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.setdefault("AutoModel", f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}")
         self.config.auto_map = auto_map
@@ -93,6 +95,7 @@ class DeemCheckpointMixin:
             super().save_pretrained(staging, *args, **kwargs)
             if processor is not None:
                 processor.save_pretrained(staging)
+            write_model_card(staging, save_directory, self)
         if processor is None:
             logger.warning(
                 "Saved without a processor: pipeline(...) and `python -m evaluation` need one in the folder. "

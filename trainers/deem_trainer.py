@@ -84,6 +84,32 @@ class DeemLossMixin:
         parts.clear()
         super().log(logs, start_time)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's save (final and every checkpoint), after recording the training on the model: the model card
+        that `save_pretrained` writes reads `model.training_summary`."""
+        deem = getattr(self.model, "get_base_model", lambda: self.model)()
+        deem.training_summary = self.training_summary()
+        super().save_model(output_dir, _internal_call)
+
+    def training_summary(self) -> dict[str, Any]:
+        """The stage recipe, the step and the last logged losses (see `modeling_deem.model_card_deem`)."""
+        history = self.state.log_history
+        train = next((entry for entry in reversed(history) if "loss" in entry), {})
+        evaluation = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
+        config = getattr(self.model, "get_base_model", lambda: self.model)().config
+        summary: dict[str, Any] = {
+            "stage": self.stage.name if self.stage is not None else None,
+            "trainable_groups": list(self.stage.trainable_groups) if self.stage is not None else None,
+            "loss_weights": {"nip": config.nip_loss_weight, "csr": config.csr_loss_weight},
+            "global_step": self.state.global_step, "max_steps": self.state.max_steps, "epoch": self.state.epoch,
+            "losses": {key: train[key] for key in ("loss", *LOSS_PARTS) if key in train},
+            "eval_losses": {key: evaluation[key] for key in ("eval_loss", *(f"eval_{p}" for p in LOSS_PARTS))
+                            if key in evaluation},
+        }
+        if "step" in train:
+            summary["losses_step"] = train["step"]
+        return summary
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         with own_class(self.model):
             super()._save(output_dir, state_dict=state_dict)
