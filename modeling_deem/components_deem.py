@@ -91,6 +91,9 @@ class DeemComponentsMixin:
                      **(config_kwargs.pop("condition_resampler_config", None) or {}),
                      "encoder_hidden_size": text_config.hidden_size,
                      "hidden_size": unet.config.cross_attention_dim}
+        # Where the decoder came from (its diffusers configs drop their private `_name_or_path`): the model card
+        # names it as a base model.
+        config_kwargs.setdefault("diffusion_model_name_or_path", str(diffusion_model))
         config = DeemConfig(
             text_config=text_config.to_dict(),
             vision_config=vision_config.to_dict(),

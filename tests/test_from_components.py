@@ -93,6 +93,10 @@ def test_from_components_loads_every_part(parts):
     model.save_pretrained(root / "assembled")
     reloaded = DeemForConditionalGeneration.from_pretrained(root / "assembled")
     assert torch.equal(reloaded.vision_tower.trunk.stem[0].weight, model.vision_tower.trunk.stem[0].weight)
+    # The card names every part's source, the decoder's included.
+    assert reloaded.config.diffusion_model_name_or_path == str(root / "sd")
+    card = (root / "assembled" / "README.md").read_text()
+    assert str(root / "sd") in card and "deem-test-convnext" in card
 
 
 def test_unknown_open_clip_name_is_refused(parts):
