@@ -5,7 +5,7 @@ the toy photographs' captions, saved in open_clip's own format (a model config +
 loaded back the way the real one is: `open_clip.create_model(name, pretrained=path)`, i.e.
 `DeemForConditionalGeneration.from_components(vision_model=TOY_CLIP, vision_pretrained=path, ...)`.
 
-    python -m toyworld.clip --output-dir outputs/toy-clip --steps 300
+    python -m toyworld.clip --output-dir outputs/toy-clip
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def zero_shot_accuracy(model: Any, preprocess: Any, tokenizer: Any, kind: str = 
     return sum(p == t for p, t in zip(predicted, truth)) / len(truth)
 
 
-def train(output_dir: str | Path, steps: int = 300, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
           log_every: int = 50, eval_images: int = 200) -> dict[str, Any]:
     """Contrastive training on photographs and their captions; saves `open_clip_toy.pt` and a report."""
     import open_clip
@@ -106,9 +106,9 @@ def train(output_dir: str | Path, steps: int = 300, batch_size: int = 64, lr: fl
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m toyworld.clip", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     report = train(args.output_dir, args.steps, args.batch_size, args.lr, args.seed)
