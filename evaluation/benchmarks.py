@@ -6,6 +6,7 @@ All rows are read and checked (`validation.prepare_rows`) before any model answe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from .metrics import (
 )
 from .result_keys import data_key
 from .rows import Row, read_located_rows, read_rows
-from .validation import RowRules, prepare_rows
+from .validation import RowRules, option_choices, prepare_rows
 
 __all__ = ["BENCHMARKS", "BenchmarkResult", "LoadedBenchmark", "evaluate_benchmark", "load_benchmark",
            "read_public_layout", "read_rows", "run_benchmark"]
@@ -31,6 +32,7 @@ __all__ = ["BENCHMARKS", "BenchmarkResult", "LoadedBenchmark", "evaluate_benchma
 POPE_QUESTION = "Is there a {object} in the image? Please answer yes or no."
 CAPTION_QUESTION = "Could you provide a short description of the image?"
 VQA_QUESTION = "{question} Please provide an accurate answer within one word."
+_LEADING_LETTER = re.compile(r"\(?\s*([a-z])\s*(?:[).:,]|\s|$)")  # "(a)", "a", "a.", "(a) yes", "a) ..."
 
 # Published POPE numbers read the same answers three ways; all three are reported, POPE's own is the headline
 # (`scores`). name: (how an answer is read, does recall count non-yes/no answers as misses, the rule and source).
@@ -253,19 +255,33 @@ def _score_pope(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _score_mmvp(records: list[dict[str, Any]]) -> dict[str, float]:
     for record in records:
-        record["correct"] = _option_matches(record["prediction"], str(record["answer"]))
+        choices = option_choices(record.get("options"))
+        record["parsed"] = _predicted_option(str(record["prediction"]), choices)
+        record["correct"] = _option_matches(record["prediction"], str(record["answer"]), choices)
     return {"pair_accuracy": mmvp_pair_accuracy([r["correct"] for r in records], [r["pair_id"] for r in records]),
             "question_accuracy": sum(r["correct"] for r in records) / len(records)}
 
 
-def _option_matches(prediction: str, answer: str) -> bool:
-    """MMVP answers are options like "(a)" or their text: compare the option letter, else the normalised text."""
-    text = prediction.strip().lower()
-    letter = answer.strip().lower().strip("()")
+def _predicted_option(prediction: str, choices: dict[str, str]) -> str | None:
+    """The option letter a model's answer names: a leading letter ("(a)", "a", "A.", "(b) No", "a) ..."), else the
+    option whose text it starts with ("No", "No, it is not."; the longest such option); None for anything else."""
+    text = " ".join(prediction.split()).lower()
+    if match := _LEADING_LETTER.match(text):
+        return match.group(1)
+    options = {key: " ".join(option.split()).lower() for key, option in choices.items()}
+    named = [(len(option), key) for key, option in options.items()
+             if option and text.startswith(option) and not text[len(option):len(option) + 1].isalnum()]
+    return max(named)[1] if named else None
+
+
+def _option_matches(prediction: str, answer: str, choices: dict[str, str] | None = None) -> bool:
+    """Whether a model's answer names the right MMVP option. The ground truth is an option letter ("(a)"; validation
+    normalises it), compared with the letter the answer names (`_predicted_option`); a ground truth that is no
+    letter (a row without options) is compared as text. Any prediction string is read, none raises."""
+    letter = " ".join(answer.split()).lower().strip("()")
     if len(letter) == 1 and letter.isalpha():
-        first = text.lstrip("(").split(")")[0].split(".")[0].split()[0] if text else ""
-        return first == letter
-    return text.startswith(answer.strip().lower())
+        return _predicted_option(prediction, choices or {}) == letter
+    return " ".join(prediction.split()).lower().startswith(" ".join(answer.split()).lower())
 
 
 def _score_vqa(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -65,13 +65,22 @@ def option_choices(options: Any) -> dict[str, str]:
     return {letter.lower(): text.strip() for letter, text in zip(parts[1::2], parts[2::2])}
 
 
-def answer_is_an_option(answer: Any, choices: dict[str, str]) -> bool:
-    """An answer names an option by its letter ("(a)", "a", "(A)"), its text ("Yes") or both ("(a) Yes")."""
+def option_letter(answer: Any, choices: dict[str, str]) -> str | None:
+    """The letter of the option an answer names by its letter ("(a)", "a", "(A)"), its text ("Yes") or both
+    ("(a) Yes"); None if it names none."""
     text = " ".join(str(answer).split()).lower()
     letter = text.strip("()")
     if len(letter) == 1 and letter in choices:
-        return True
-    return any(text in (option.lower(), f"({key}) {option}".lower()) for key, option in choices.items())
+        return letter
+    for key, option in choices.items():
+        if text in (" ".join(option.split()).lower(), f"({key}) {' '.join(option.split())}".lower()):
+            return key
+    return None
+
+
+def answer_is_an_option(answer: Any, choices: dict[str, str]) -> bool:
+    """An answer names an option by its letter ("(a)", "a", "(A)"), its text ("Yes") or both ("(a) Yes")."""
+    return option_letter(answer, choices) is not None
 
 
 def prepare_rows(rows: list[Row], image_root: Path | None, rules: RowRules, limit: int | None = None) -> PreparedRows:
@@ -104,7 +113,8 @@ def prepare_rows(rows: list[Row], image_root: Path | None, rules: RowRules, limi
 
 def _row_problem(row: Row, rules: RowRules) -> str | None:
     """The skip reason of a row, or None; raises for a row that would be scored wrongly. A yes/no label is
-    normalised in place, so scoring compares "yes"/"no" only."""
+    normalised in place, so scoring compares "yes"/"no" only; so is an MMVP answer, to its option letter "(a)"
+    (the file's own spelling kept as "answer_as_given" when it differs), so scoring compares letters only."""
     fields = row.fields
     if not fields.get("image"):
         return "no image given"
@@ -121,9 +131,12 @@ def _row_problem(row: Row, rules: RowRules) -> str | None:
         choices = option_choices(fields["options"])
         if not choices:
             raise ValueError(f"{row.where}: options {fields['options']!r} are not lettered like \"(a) ... (b) ...\".")
-        if not answer_is_an_option(fields["answer"], choices):
+        letter = option_letter(fields["answer"], choices)
+        if letter is None:
             raise ValueError(f"{row.where}: answer {fields['answer']!r} is not one of the options "
                              f"{fields['options']!r}.")
+        if fields["answer"] != f"({letter})":
+            fields["answer_as_given"], fields["answer"] = fields["answer"], f"({letter})"
     return None
 
 

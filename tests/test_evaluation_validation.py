@@ -104,6 +104,31 @@ def test_an_mmvp_answer_outside_its_options_is_refused(images, answerer, answer,
     assert FixedAnswerer.calls == []
 
 
+@pytest.mark.parametrize("written", ["(a)", "(a) Yes", "Yes", " yes ", "(A)", "a"])
+def test_an_mmvp_answer_written_any_accepted_way_is_scored_by_its_letter(images, written):
+    """Regression: validation accepted "(a) Yes" and "Yes" as ground truth, then scoring marked "(a)" wrong."""
+    rows = [{"image": "0.png", "question": "Red?", "options": "(a) Yes (b) No", "answer": written, "pair_id": 1},
+            {"image": "1.png", "question": "Red?", "options": ["Yes", "No"], "answer": written, "pair_id": 1}]
+    data = write_rows(images / "mmvp.jsonl", rows)
+    for prediction in ("(a)", "a", "A.", "(a) Yes", "Yes", "Yes, it is red."):
+        result = evaluate_benchmark("mmvp", FixedAnswerer(text=prediction), data)
+        assert [r["answer"] for r in result.records] == ["(a)", "(a)"]
+        assert result.scores["question_accuracy"] == 1.0, prediction
+    for prediction in ("(b)", "No", "b) no", "Yesterday", "", "."):
+        assert evaluate_benchmark("mmvp", FixedAnswerer(text=prediction), data).scores["question_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("prediction", [".", "()", "(", ")", "", "   ", "...", "(.)", "?!", "\n", "(a", "ab c"])
+def test_any_mmvp_prediction_is_scored_without_raising(prediction):
+    """Regression: "." and "()" raised IndexError, so one odd answer crashed scoring after all the answering."""
+    from evaluation.benchmarks import _option_matches
+
+    choices = {"a": "Yes", "b": "No"}
+    assert _option_matches(prediction, "(a)", choices) is (prediction == "(a")
+    assert _option_matches(prediction, "(a)") is (prediction == "(a")
+    assert _option_matches(prediction, "Yes") is False
+
+
 def mmvp_rows(missing_second=True):
     """Pair 1 (lines 1-2) with line 2's image missing; pair 2 (lines 3-4) complete."""
     images = ["0.png", "absent.png" if missing_second else "1.png", "2.png", "3.png"]
