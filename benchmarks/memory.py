@@ -88,15 +88,13 @@ def stage_memory(config: DeemConfig, stage: str, lora_r: int | None = None) -> d
     by_dtype: dict[str, int] = defaultdict(int)
     groups: dict[str, int] = defaultdict(int)
     tensors = 0
-    from trainers.stages import plain_parameter_name
-
     for name, parameter in model.named_parameters():
         total += parameter.numel()
         by_dtype[str(parameter.dtype).removeprefix("torch.")] += parameter.numel()
         if parameter.requires_grad:
             trainable += parameter.numel()
             tensors += 1
-            group = "lora" if "lora_" in name else parameter_group(plain_parameter_name(name))
+            group = "lora" if "lora_" in name else parameter_group(name)
             groups[group] += parameter.numel()
     frozen = total - trainable
     amp = {  # Trainer(bf16=True) on an fp32 model: autocast, everything stored in fp32

@@ -71,4 +71,5 @@ def test_recipes_set_size_and_geometry_and_an_explicit_value_wins():
     STAGES["stage2"].configure_processor(processor, image_size=64, crop="random")
     assert (processor.image_processor.size, processor.image_processor.crop) == (64, "random")
     with pytest.raises(ValueError, match="crop must be"):
-        STAGES["stage2"].configure_processor(processor, crop="zoom")
+        STAGES["stage2"].configure_processor(processor, image_size=128, crop="zoom")
+    assert (processor.image_processor.size, processor.image_processor.crop) == (64, "random")  # left as it was

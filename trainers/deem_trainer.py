@@ -12,7 +12,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .stages import NO_WEIGHT_DECAY_GROUPS, StageRecipe, apply_stage, get_stage, parameter_group, plain_parameter_name
+from .stages import NO_WEIGHT_DECAY_GROUPS, StageRecipe, apply_stage, get_stage, parameter_group
 
 LOSS_PARTS = ("ntp_loss", "nip_loss", "csr_loss")
 logger = logging.get_logger(__name__)
@@ -124,7 +124,7 @@ class DeemLossMixin:
         for name, parameter in opt_model.named_parameters():
             if not parameter.requires_grad:
                 continue
-            group = parameter_group(plain_parameter_name(name))
+            group = parameter_group(name)
             lr = self.stage.learning_rates[group]
             lr *= self.args.learning_rate / max(self.stage.learning_rates.values())
             decays = name in decay and group not in NO_WEIGHT_DECAY_GROUPS

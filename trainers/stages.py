@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,12 +81,13 @@ class StageRecipe:
                             flip: bool | None = None) -> Any:
         """Give the processor this stage's input size and augmentation (an explicit value wins). Training and the
         checkpoint's saved processor then use the same geometry, so evaluation sees images as training did."""
+        crop = self.crop if crop is None else crop
+        if crop not in ("random", "center", "none"):
+            raise ValueError(f"crop must be 'random', 'center' or 'none', got {crop!r}.")
         image_processor = processor.image_processor
         image_processor.size = self.image_size if image_size is None else int(image_size)
-        image_processor.crop = self.crop if crop is None else crop
+        image_processor.crop = crop
         image_processor.flip = self.flip if flip is None else bool(flip)
-        if image_processor.crop not in ("random", "center", "none"):
-            raise ValueError(f"crop must be 'random', 'center' or 'none', got {image_processor.crop!r}.")
         return processor
 
     def fitted_warmup(self, warmup_steps: float, max_steps: int) -> float:
@@ -143,7 +145,9 @@ def parameter_group(name: str) -> str:
     """The group a parameter belongs to (by its name in `DeemForConditionalGeneration`). LoRA adapters on the
     UNet (the diffusion backbone's cross-attention, seed paper 003) are a group of their own, "diffusion_lora";
     the LLM's MMFS is "mmfs" (its gate "mmfs_gate"), the UNet's "decoder_mmfs", and both sides' sampling offsets
-    "mmfs_offsets"."""
+    "mmfs_offsets". A PEFT-wrapped model's names (`base_model.model.…`, `modules_to_save` / `original_module`) are
+    read as the plain model's (see `plain_parameter_name`)."""
+    name = plain_parameter_name(name)
     if name.startswith("unet.") and "lora_" in name:
         return "diffusion_lora"
     if "sampling_offsets." in name and (".mmfs." in name or name.startswith("decoder_mmfs.")):
@@ -165,7 +169,7 @@ def apply_stage(model: nn.Module, stage: str | StageRecipe) -> StageRecipe:
         raise ValueError(f"{recipe.name} needs the diffusion decoder (CSR), but the model was built without it.")
     with_lora = hasattr(model, "peft_config")
     for name, parameter in model.named_parameters():
-        group = parameter_group(plain_parameter_name(name))
+        group = parameter_group(name)
         trainable = group in recipe.learning_rates
         if with_lora and group == "language_model":
             trainable = trainable and "lora_" in name  # LoRA trains the adapters, never the LLM's own weights
@@ -178,14 +182,10 @@ def apply_stage(model: nn.Module, stage: str | StageRecipe) -> StageRecipe:
 
 
 PEFT_ORIGINAL = ".original_module."
+_PEFT_WRAPPING = re.compile(r"\.(?:modules_to_save\.[^.]+|original_module)\.")
 
 
 def plain_parameter_name(name: str) -> str:
     """A PEFT-wrapped DEEM's parameter name → the plain model's: `base_model.model.visual_resampler.
     modules_to_save.default.queries` (or `.original_module.`) → `visual_resampler.queries`."""
-    name = name.removeprefix("base_model.model.")
-    for wrapped in (".modules_to_save.", PEFT_ORIGINAL):
-        if wrapped in name:
-            head, _, tail = name.partition(wrapped)
-            name = f"{head}.{tail.split('.', 1)[1]}" if wrapped == ".modules_to_save." else f"{head}.{tail}"
-    return name
+    return _PEFT_WRAPPING.sub(".", name.removeprefix("base_model.model."))
