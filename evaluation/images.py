@@ -1,4 +1,5 @@
-"""Opening benchmark images one way everywhere: fully decoded, 16-bit scaled to 8-bit, RGB, errors that name the file.
+"""Opening benchmark images one way everywhere: fully decoded, 16-bit scaled to 8-bit (by the processor's rule),
+RGB, errors that name the file.
 
 PIL's own `convert("RGB")` clips 16-bit greyscale values at 255, so a 16-bit PNG reaches a model almost all white;
 and `Image.open` decodes lazily, so a truncated file would only fail later, deep in answering, without its name.
@@ -11,17 +12,44 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Integer greyscale modes wider than 8 bits. "I" (32-bit) is what PIL gives some 16-bit files (TIFF, older PNGs):
-# its values are read as 16-bit ones.
+# Greyscale modes wider than 8 bits, read by the processor's rule (processing/image_inputs_deem.py, "PIL modes" and
+# "Value ranges") so that a file reaches a model alike through either: I;16 (any byte order) is 16-bit; "I"
+# (32-bit integers, as PIL opens some files and as `Image.fromarray` makes of an int32 array) is 8-bit if its
+# values are at most 255, else 16-bit if at most 65535; "F" (floats) is [0, 1] if at most 1, else 0-255. Anything
+# else (negative values, wider integers, floats above 255, NaN) is refused, as the processor refuses it.
+# 16-bit values become 8-bit as `value >> 8`: within one level of the processor's value / 257, exact where it
+# matters (0 and 65535).
 WIDE_INTEGER_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+WIDE_MODES = WIDE_INTEGER_MODES | {"F"}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """An RGB copy; 16-bit values are scaled to 8 bits (value >> 8) first instead of being clipped at 255."""
-    if image.mode in WIDE_INTEGER_MODES:
-        values = np.asarray(image).astype(np.int64) >> 8
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+    """An RGB copy; wider-than-8-bit greyscale is scaled to 8 bits by its range (module note) instead of being
+    clipped at 255. ValueError for values the processor would refuse."""
+    if image.mode in WIDE_MODES:
+        image = Image.fromarray(_eight_bit(np.asarray(image), image.mode))
     return image.convert("RGB")
+
+
+def _eight_bit(values: np.ndarray, mode: str) -> np.ndarray:
+    if values.size == 0:
+        return values.astype(np.uint8)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"mode {mode!r} image holds NaN or infinite values")
+    low, high = values.min(), values.max()
+    if low < 0:
+        raise ValueError(f"mode {mode!r} image has negative values (min {low:g})")
+    if mode == "F":
+        if high > 255:
+            raise ValueError(f"mode 'F' image has values above 255 (max {high:g}); floats must be in [0, 1] or "
+                             "[0, 255]")
+        return np.rint(values * (255 if high <= 1 else 1)).astype(np.uint8)
+    if mode == "I" and high <= 255:
+        return values.astype(np.uint8)
+    if high > 65535:
+        raise ValueError(f"mode {mode!r} image has values up to {high}; only 8-bit (0-255) and 16-bit (0-65535) "
+                         "images are read")
+    return (values.astype(np.int64) >> 8).astype(np.uint8)
 
 
 def open_image(path: str | Path) -> Image.Image:

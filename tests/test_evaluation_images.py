@@ -94,3 +94,32 @@ def test_a_broken_image_is_refused_before_any_answering_with_row_and_file(tmp_pa
     with pytest.raises(ValueError, match=r"pope\.jsonl, line 2: Cannot read image .*broken\.jpg"):
         evaluate_benchmark("pope", answerer, data)
     assert answerer.images == []
+
+
+@pytest.mark.parametrize("values", [
+    np.arange(256, dtype=np.int32).reshape(16, 16),  # mode "I" holding 8-bit values (regression: `>> 8` made it black)
+    GRADIENT.astype(np.int32),  # mode "I" holding 16-bit values
+    GRADIENT,  # I;16
+    np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8),  # F in [0, 1]
+    np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8),  # F in 0-255
+])
+def test_wide_modes_are_read_as_the_processor_reads_them(tmp_path, values):
+    from processing.image_inputs_deem import to_rgb_tensor
+
+    image = Image.fromarray(values)
+    ours = np.asarray(to_rgb(image)).astype(int)
+    processor = np.rint(to_rgb_tensor(image).numpy().transpose(1, 2, 0) * 255).astype(int)
+    assert np.abs(ours - processor).max() <= 1  # 16-bit: value >> 8 against the processor's value / 257
+    if image.mode == "I" and values.max() <= 255:
+        assert np.array_equal(ours[..., 0], values) and np.array_equal(ours, processor)
+        path = tmp_path / "eight-bit-in-I.tif"
+        image.save(path)
+        assert Image.open(path).mode == "I"
+        assert np.array_equal(np.asarray(open_image(path))[..., 0], values)
+
+
+@pytest.mark.parametrize("values", [np.array([[-1, 5]], dtype=np.int32), np.array([[0, 70000]], dtype=np.int32),
+                                    np.array([[0, 300.0]], dtype=np.float32)])
+def test_wide_mode_values_the_processor_refuses_are_refused(values):
+    with pytest.raises(ValueError, match="mode"):
+        to_rgb(Image.fromarray(values))
