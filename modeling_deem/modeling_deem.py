@@ -552,6 +552,9 @@ class DeemForConditionalGeneration(
         encoded = kwargs.get("mm_encoder_outputs")
         if self.config.mmfs and encoded:
             inputs.setdefault("mm_encoder_outputs", encoded)
+        # Whenever encoded images go in (MMFS or not): a continuing chunk (a new image's slot after earlier
+        # images) splices only its own image, which `_run_language_model` finds from the whole rows.
+        if encoded and inputs.get("mm_encoder_outputs"):
             layout = input_ids
             image = encoded.get("image") if isinstance(encoded, dict) else encoded
             if image is not None and inputs_embeds is not None and _is_prefill(past_key_values):

@@ -178,11 +178,13 @@ class ForceImagesEvery(LogitsProcessor):
         return forced_scores(scores, forced, self.soi, self.eos)
 
 
-def test_interleaved_generation_keeps_its_cache_and_matches_the_recompute_everything_way(processor):
+@pytest.mark.parametrize("mmfs", [True, False], ids=["mmfs", "no-mmfs"])
+def test_interleaved_generation_keeps_its_cache_and_matches_the_recompute_everything_way(processor, mmfs):
+    """Two images in the document: without MMFS too, a continuing chunk splices only its own new image."""
     from test_mmfs import open_mmfs
 
     torch.manual_seed(0)
-    model = open_mmfs(DeemForConditionalGeneration(DeemConfig.from_pretrained(TINY))).eval()
+    model = open_mmfs(DeemForConditionalGeneration(DeemConfig.from_pretrained(TINY, mmfs=mmfs))).eval()
     inputs = processor(text="<image> A story:", images=[picture(3)])
     prompt = inputs["input_ids"].shape[1]
 
