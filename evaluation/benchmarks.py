@@ -29,9 +29,9 @@ from .validation import RowRules, option_choices, prepare_rows
 __all__ = ["BENCHMARKS", "BenchmarkResult", "LoadedBenchmark", "evaluate_benchmark", "load_benchmark",
            "read_public_layout", "read_rows", "run_benchmark"]
 
-POPE_QUESTION = "Is there a {object} in the image? Please answer yes or no."
-CAPTION_QUESTION = "Could you provide a short description of the image?"
-VQA_QUESTION = "{question} Please provide an accurate answer within one word."
+# The paper's questions (processing.prompts_deem.PRESET_QUESTIONS), as POPE_QUESTION, CAPTION_QUESTION and
+# VQA_QUESTION; looked up when used (module `__getattr__`), since importing `processing` imports the model code.
+_PRESET_NAMES = {"POPE_QUESTION": "pope", "CAPTION_QUESTION": "caption", "VQA_QUESTION": "vqa"}
 _LEADING_LETTER = re.compile(r"\(?\s*([a-z])\s*(?:[).:,]|\s|$)")  # "(a)", "a", "a.", "(a) yes", "a) ..."
 
 # Published POPE numbers read the same answers three ways; all three are reported, POPE's own is the headline
@@ -296,6 +296,18 @@ def _score_caption(records: list[dict[str, Any]]) -> dict[str, float]:
     return caption_metrics(predictions, references)
 
 
+def __getattr__(name: str) -> str:
+    if name in _PRESET_NAMES:
+        return _preset_question(_PRESET_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _preset_question(task: str) -> str:
+    from processing.prompts_deem import PRESET_QUESTIONS
+
+    return PRESET_QUESTIONS[task]
+
+
 def _field(name: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: row[name]
 
@@ -304,9 +316,10 @@ BENCHMARKS: dict[str, tuple[RowRules, Callable[[dict[str, Any]], str], Callable]
     # name: (what its rows must satisfy, its question, the scorer)
     "robustvqa": (RowRules(("question", "answer"), yes_no_label="answer"), _field("question"), _score_robustvqa),
     "pope": (RowRules(("label", "text|object"), yes_no_label="label"),
-             lambda r: r.get("text") or POPE_QUESTION.format(object=r["object"]), _score_pope),
+             lambda r: r.get("text") or _preset_question("pope").format(object=r["object"]), _score_pope),
     "mmvp": (RowRules(("question", "answer", "pair_id"), answer_in_options=True, pair_key="pair_id"),
              lambda r: f"{r['question']} {r.get('options', '')}".strip(), _score_mmvp),
-    "vqav2": (RowRules(("question", "answers")), lambda r: VQA_QUESTION.format(question=r["question"]), _score_vqa),
-    "caption": (RowRules(("references",)), lambda r: CAPTION_QUESTION, _score_caption),
+    "vqav2": (RowRules(("question", "answers")), lambda r: _preset_question("vqa").format(question=r["question"]),
+              _score_vqa),
+    "caption": (RowRules(("references",)), lambda r: _preset_question("caption"), _score_caption),
 }

@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from processing.prompts_deem import PRESET_QUESTIONS
+
 from .images import open_image, to_rgb
 
-QUESTION = "Is {object} the main object in this image? Please answer yes or no."
+QUESTION = PRESET_QUESTIONS["robustvqa"]
 PROMPT = "A photo of a {}."
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".jpe"}
 
