@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from processing.prompts_deem import IMAGE_MARKER, QUESTION_TEMPLATES, question_prompt
 
-from .images import open_image, to_rgb
+from .images import rgb_image
 
 PROMPT_STYLES = ("paper", "generic")
 BENCHMARK_TASKS = {"vqav2": "vqa"}  # benchmark name → its Figure 8 template; the others share their name
@@ -155,7 +155,7 @@ class ImageQuestionAnswerer:
                 batch = ordered[start : start + self.batch_size]
                 for key, question in batch:
                     if key not in loaded:
-                        loaded[key] = _load(question.image)
+                        loaded[key] = rgb_image(question.image)
                 keys = [key for key, _ in batch]
                 texts = self.answer_batch([loaded[key] for key in keys], [q.text for _, q in batch], keys, cache)
                 for (key, question), text in zip(batch, texts):
@@ -176,5 +176,3 @@ def _image_key(image: str | Path | Image.Image) -> str:
     return f"pil:{id(image)}" if isinstance(image, Image.Image) else str(image)
 
 
-def _load(image: str | Path | Image.Image) -> Image.Image:
-    return to_rgb(image) if isinstance(image, Image.Image) else open_image(image)

@@ -8,6 +8,7 @@ and `Image.open` decodes lazily, so a truncated file would only fail later, deep
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -67,3 +68,11 @@ def open_image(path: str | Path) -> Image.Image:
             return to_rgb(image)
     except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, DecompressionBombError, ...
         raise ValueError(f"Cannot read image {path}: {error}") from error
+
+
+def rgb_image(image: Any, root: str | Path | None = None) -> Image.Image:
+    """A PIL image as `to_rgb` makes it; anything else is a path (under `root`, when given and it is relative),
+    opened with `open_image`."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    return open_image(Path(image) if root is None else Path(root) / image)

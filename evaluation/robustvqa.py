@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from processing.prompts_deem import PRESET_QUESTIONS
 
-from .images import open_image, to_rgb
+from .images import rgb_image, to_rgb
 
 QUESTION = PRESET_QUESTIONS["robustvqa"]
 PROMPT = "A photo of a {}."
@@ -145,8 +145,7 @@ def build_robustvqa(
             batch, pictures = [], []
             for item in todo[start : start + batch_size]:
                 try:
-                    image = item.image
-                    pictures.append(to_rgb(image) if isinstance(image, Image.Image) else open_image(image))
+                    pictures.append(rgb_image(item.image))
                     batch.append(item)
                 except (OSError, ValueError):
                     unreadable += 1

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import open_image, to_rgb
+from .images import open_image, rgb_image
 
 Scorer = Callable[[Image.Image, Sequence[str]], Sequence[float]]
 MMVP_VLM_IMAGE_FOLDERS = ("MLLM_VLM Images", "MLLM_VLM_Images", "MMVP_VLM Images", "MMVP_VLM_Images")
@@ -94,7 +94,7 @@ def evaluate_winoground(rows: list[dict[str, Any]], scorer: Scorer, image_root: 
     totals = {"text": 0, "image": 0, "group": 0}
     records = []
     for row in rows:
-        images = [_open(row[f"image_{i}"], image_root) for i in (0, 1)]
+        images = [rgb_image(row[f"image_{i}"], image_root) for i in (0, 1)]
         matrix = pair_matrix(scorer, images, [row["caption_0"], row["caption_1"]])
         result = winoground_scores(matrix)
         for name in totals:
@@ -102,12 +102,6 @@ def evaluate_winoground(rows: list[dict[str, Any]], scorer: Scorer, image_root: 
         records.append({**{k: v for k, v in row.items() if not isinstance(v, Image.Image)}, "matrix": matrix.tolist(),
                         **result})
     return {"scores": {k: v / len(rows) for k, v in totals.items()} if rows else {}, "records": records}
-
-
-def _open(value: Any, root: Path | None) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return to_rgb(value)
-    return open_image(Path(value) if root is None else root / value)
 
 
 class ClipScorer:
