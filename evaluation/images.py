@@ -7,6 +7,7 @@ and `Image.open` decodes lazily, so a truncated file would only fail later, deep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,23 @@ def open_image(path: str | Path) -> Image.Image:
     Raises FileNotFoundError for a missing file and ValueError (with the path and PIL's reason) for anything that
     does not decode: truncated, not an image, too large for PIL's decompression-bomb guard.
     """
+    return _decoded(path, to_rgb)
+
+
+def check_image(path: str | Path) -> None:
+    """What `open_image` checks (the file decodes fully, wide-mode values are readable) without making the RGB
+    copy; raises as `open_image` does."""
+    _decoded(path, lambda image: _eight_bit(np.asarray(image), image.mode) if image.mode in WIDE_MODES else None)
+
+
+def _decoded(path: str | Path, then: Callable[[Image.Image], Any]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Missing image {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb(image)
+            return then(image)
     except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, DecompressionBombError, ...
         raise ValueError(f"Cannot read image {path}: {error}") from error
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .images import open_image
+from .images import check_image
 from .rows import Row
 
 _YES = {"yes", "true", "1"}
@@ -172,7 +172,7 @@ def _image_exists(row: Row, image_root: Path | None, decodes: dict[Path, bool]) 
     path = _image_path(row.fields, image_root)
     if path not in decodes:
         try:
-            open_image(path)
+            check_image(path)
             decodes[path] = True
         except FileNotFoundError:
             decodes[path] = False
