@@ -93,7 +93,7 @@ def prepare_rows(rows: list[Row], image_root: Path | None, rules: RowRules, limi
     reasons = [_row_problem(row, rules) for row in rows]
     prepared = PreparedRows([])
     decodes: dict[Path, bool] = {}
-    for group in _units(rows, reasons, rules):
+    for group in _units(rows, rules):
         if limit is not None and len(prepared.rows) >= limit:
             break
         for index in group:
@@ -140,7 +140,7 @@ def _row_problem(row: Row, rules: RowRules) -> str | None:
     return None
 
 
-def _units(rows: list[Row], reasons: list[str | None], rules: RowRules) -> list[list[int]]:
+def _units(rows: list[Row], rules: RowRules) -> list[list[int]]:
     """Row indices grouped as they are evaluated: single rows, or pairs (in order of first appearance)."""
     if rules.pair_key is None:
         return [[i] for i in range(len(rows))]
