@@ -75,8 +75,8 @@ def load_image_source(source: str | os.PathLike) -> Image.Image:
     shown = name if len(name) <= 120 else f"{name[:60]}...{name[-20:]} ({len(name)} characters)"
     if os.path.isfile(name):
         try:
-            image = Image.open(name)
-            return ImageOps.exif_transpose(image) or image
+            with Image.open(name) as image:  # exif_transpose loads the pixels: the result outlives the file
+                return ImageOps.exif_transpose(image)
         except (OSError, ValueError) as error:
             raise ValueError(f"Cannot read the image file {shown!r}: {error}") from error
     if isinstance(source, os.PathLike):
