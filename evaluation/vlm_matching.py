@@ -6,7 +6,6 @@ S[i][j] = score(image i, text j) per item.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from .images import open_image, rgb_image
+from .rows import read_rows
 
 Scorer = Callable[[Image.Image, Sequence[str]], Sequence[float]]
 MMVP_VLM_IMAGE_FOLDERS = ("MLLM_VLM Images", "MLLM_VLM_Images", "MMVP_VLM Images", "MMVP_VLM_Images")
@@ -46,8 +46,7 @@ def load_mmvp_vlm(folder: str | Path) -> list[dict[str, Any]]:
     tsb0601/MMVP's scripts/evaluate_vlm.py opens); copies also name it with an underscore for the space or with
     MMVP for MLLM, so all four spellings are read, then `images` or the folder itself."""
     folder = Path(folder)
-    with (folder / "Questions.csv").open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(folder / "Questions.csv")
     if not rows:
         raise ValueError(f"{folder / 'Questions.csv'} has no rows.")
     key = {name.lower().strip(): name for name in rows[0]}
