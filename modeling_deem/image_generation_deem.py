@@ -264,11 +264,7 @@ class DeemImageGenerationMixin:
 
 def concat_image_features(first: Any, second: Any) -> Any:
     """Two `DeemImageFeatures` of consecutive images as one: per-image tensors concatenated, the rest kept."""
-    joined = {}
-    for key, value in first.items():
-        other = second.get(key)
-        joined[key] = torch.cat([value, other]) if isinstance(value, torch.Tensor) and other is not None else value
-    return type(first)(**joined)
+    return first.concat_images(second)
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:

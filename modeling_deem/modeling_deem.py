@@ -64,6 +64,34 @@ class DeemImageFeatures(BaseModelOutputWithPooling):
     def image_embeds(self) -> torch.FloatTensor:
         return self.pooler_output
 
+    def select_images(self, index: torch.LongTensor) -> DeemImageFeatures:
+        """A new object holding the images `index` picks, in its order (repeats allowed): every per-image field
+        (tensors, and tuples of tensors such as `hidden_states`) alike; this one is left as it is."""
+        count = self.last_hidden_state.shape[0]
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == count:
+                return value[index.to(value.device)]
+            if isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+                return tuple(pick(v) for v in value)
+            return value
+
+        return type(self)(**{key: pick(value) for key, value in self.items()})
+
+    def concat_images(self, other: DeemImageFeatures) -> DeemImageFeatures:
+        """A new object holding this one's images, then `other`'s: per-image tensors concatenated (tuples of
+        them element by element), the rest (spatial shapes) kept from this one."""
+
+        def join(value: Any, more: Any) -> Any:
+            if isinstance(value, torch.Tensor) and more is not None:
+                return torch.cat([value, more])
+            if (isinstance(value, tuple) and isinstance(more, tuple) and len(value) == len(more)
+                    and all(isinstance(v, torch.Tensor) for v in value + more)):
+                return tuple(torch.cat([v, m]) for v, m in zip(value, more))
+            return value
+
+        return type(self)(**{key: join(value, other.get(key)) for key, value in self.items()})
+
 
 @dataclass
 class DeemCausalLMOutputWithPast(ModelOutput):
@@ -557,9 +585,10 @@ class DeemForConditionalGeneration(
         if encoded and inputs.get("mm_encoder_outputs"):
             layout = input_ids
             image = encoded.get("image") if isinstance(encoded, dict) else encoded
-            if image is not None and inputs_embeds is not None and _is_prefill(past_key_values):
+            if image is not None and _is_prefill(past_key_values):
+                # Set at every prefill (a layout left by an earlier call must not leak into this one).
                 # Embeddings without the prompt's ids (`input_ids` shorter than the prompt): read the layout.
-                ids_cover_prompt = input_ids.shape[1] >= inputs_embeds.shape[1]
+                ids_cover_prompt = inputs_embeds is None or input_ids.shape[1] >= inputs_embeds.shape[1]
                 image.__dict__["_prompt_layout"] = None if ids_cover_prompt else self.token_layout(inputs_embeds)
             prompt_layout = image.__dict__.get("_prompt_layout") if image is not None else None
             if prompt_layout is not None:
@@ -582,10 +611,8 @@ class DeemForConditionalGeneration(
         rows, _ = image_slots(layout, self.config.image_token_id, self.config.num_image_tokens)
         order = torch.cat([torch.nonzero(rows == row)[:, 0] for row in range(layout.shape[0])
                            for _ in range(expand_size)])
-        for key, value in list(features.items()):
-            if isinstance(value, torch.Tensor) and value.shape[0] == len(rows):
-                features[key] = value[order.to(value.device)]
-        return mm_encoder_output
+        # New objects: the caller's features (encoded once, maybe for several calls) stay as they were.
+        return {**mm_encoder_output, "image": features.select_images(order)}
 
 def _is_prefill(past_key_values: Cache | None) -> bool:
     return past_key_values is None or past_key_values.get_seq_length() == 0

@@ -101,6 +101,29 @@ def test_a_prompt_given_as_embeddings_reads_like_its_ids(open_model):
                        open_model.generate(input_ids=ids, pixel_values=prompt["pixel_values"], **beams)[:, ids.shape[1]:])
 
 
+def test_generate_leaves_the_callers_precomputed_image_features_alone(open_model):
+    """Features encoded once by the caller serve several generate calls: beams expand a copy, and what a prompt
+    given as embeddings leaves behind does not leak into the next call."""
+    prompt = _prompt()
+    ids, pixels = prompt.pop("input_ids"), prompt.pop("pixel_values")
+    with torch.no_grad():
+        features = open_model.get_image_features(pixels)
+    kept = {key: value.clone() for key, value in features.items() if isinstance(value, torch.Tensor)}
+
+    def fresh() -> dict:
+        with torch.no_grad():
+            return {"image": open_model.get_image_features(pixels)}
+
+    embeds = open_model.get_input_embeddings()(ids)
+    calls = [({"input_ids": ids}, {}), ({"input_ids": ids}, {"num_beams": 2}),
+             ({"inputs_embeds": embeds}, {}), ({"input_ids": ids}, {})]
+    for given, extra in calls:
+        shared = open_model.generate(**given, **prompt, mm_encoder_outputs={"image": features}, **extra)
+        assert torch.equal(shared, open_model.generate(**given, **prompt, mm_encoder_outputs=fresh(), **extra))
+        for key, value in kept.items():
+            assert torch.equal(features[key], value) and torch.equal(getattr(features, key), value), key
+
+
 def test_shift_labels_give_the_same_ntp_loss_as_labels(tiny_model):
     data = batch()
     tiny_model.eval()
