@@ -170,3 +170,23 @@ def test_invalid_inputs_are_refused_by_name(image_processor, name):
 def test_the_error_says_which_image(image_processor):
     with pytest.raises(ValueError, match=r"^Image 1: Negative pixel values"):
         image_processor.preprocess([RGB, -np.ones((5, 6))])
+
+
+def test_an_image_file_is_turned_upright_and_closed(tmp_path):
+    import warnings
+
+    from processing.image_inputs_deem import load_image_source
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    path = tmp_path / "sideways.jpg"
+    Image.new("RGB", (40, 20), (200, 0, 0)).save(path, exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # an unclosed file would warn when the image is dropped
+        image = load_image_source(path)
+        assert image.size == (20, 40) and image.getpixel((0, 0))[0] > 150
+        del image
+    plain = tmp_path / "plain.png"
+    Image.new("L", (3, 2), 9).save(plain)
+    image = load_image_source(plain)
+    assert image.mode == "L" and image.size == (3, 2) and image.getpixel((2, 1)) == 9
