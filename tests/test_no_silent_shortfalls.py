@@ -36,6 +36,8 @@ def test_a_run_shorter_than_its_warm_up_keeps_the_recipes_warm_up_fraction(tmp_p
     assert args.warmup_steps == 2  # stage I warms up for 1,000 of 10,000 steps: 10 %
     assert "warming up for 2 steps" in caplog.text
     assert STAGES["stage2"].training_arguments(str(tmp_path), max_steps=40, use_cpu=True).warmup_steps == 2
+    # Always shorter than the run, so the peak is reached (and DeemTrainer has nothing left to warn about).
+    assert STAGES["stage1"].training_arguments(str(tmp_path), max_steps=1, use_cpu=True).warmup_steps == 0
     # A warm-up shorter than the run, or a fraction, is left alone.
     assert STAGES["stage1"].training_arguments(str(tmp_path), max_steps=2000, use_cpu=True).warmup_steps == 1000
     assert STAGES["stage1"].training_arguments(str(tmp_path), max_steps=20, warmup_steps=0.5,

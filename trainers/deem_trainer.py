@@ -45,11 +45,16 @@ class DeemLossMixin:
                            f"{training_args.max_steps}: the learning rate never reaches {training_args.learning_rate:g}."
                            " (StageRecipe.training_arguments fits the warm-up to the run.)")
         super().__init__(*args, **kwargs)
-        deem = getattr(self.model, "get_base_model", lambda: self.model)()
+        deem = self._deem
         if self.processing_class is not None and getattr(deem, "processor", False) is None:
             deem.processor = self.processing_class  # model.save_pretrained then writes it too
         self.add_callback(_CollatorEpoch(self.data_collator))
         self._loss_parts: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    @property
+    def _deem(self) -> nn.Module:
+        """The DEEM model itself, under peft's wrapper if there is one."""
+        return getattr(self.model, "get_base_model", lambda: self.model)()
 
     def compute_loss(
         self,
@@ -74,10 +79,15 @@ class DeemLossMixin:
         parts = self._loss_parts[mode]
         # Every process reduces every part, in a fixed order (one may have no NIP value where another has some):
         # the mean is over all processes' values, and no process waits on a collective the others skip.
-        sums = torch.tensor([[float(torch.stack(parts[p]).sum()) if parts[p] else 0.0, len(parts[p])]
-                             for p in LOSS_PARTS], dtype=torch.float64)
+        # Summed where the values are and read back once (one device sync per logging step, not one per part).
+        device = next((values[0].device for values in parts.values() if values), self.args.device)
+        totals = torch.stack([torch.stack(parts[p]).sum() if parts[p] else torch.zeros((), device=device)
+                              for p in LOSS_PARTS]).double()
+        counts = torch.tensor([len(parts[p]) for p in LOSS_PARTS], dtype=torch.float64, device=device)
+        sums = torch.stack([totals, counts], dim=1)
         if self.args.world_size > 1:
-            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
+            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum")
+        sums = sums.cpu()
         for part, (total, count) in zip(LOSS_PARTS, sums.tolist()):
             if count:
                 logs[f"{prefix}{part}"] = round(total / count, 6)
@@ -87,8 +97,7 @@ class DeemLossMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Trainer's save (final and every checkpoint), after recording the training on the model: the model card
         that `save_pretrained` writes reads `model.training_summary`."""
-        deem = getattr(self.model, "get_base_model", lambda: self.model)()
-        deem.training_summary = self.training_summary()
+        self._deem.training_summary = self.training_summary()
         super().save_model(output_dir, _internal_call)
 
     def training_summary(self) -> dict[str, Any]:
@@ -96,7 +105,7 @@ class DeemLossMixin:
         history = self.state.log_history
         train = next((entry for entry in reversed(history) if "loss" in entry), {})
         evaluation = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
-        config = getattr(self.model, "get_base_model", lambda: self.model)().config
+        config = self._deem.config
         summary: dict[str, Any] = {
             "stage": self.stage.name if self.stage is not None else None,
             "trainable_groups": list(self.stage.trainable_groups) if self.stage is not None else None,

@@ -96,7 +96,8 @@ class StageRecipe:
         steps, 10 %; a 20-step run warms up for 2), with a warning. A fraction (< 1) is left as it is."""
         if warmup_steps < 1 or max_steps is None or max_steps <= 0 or warmup_steps < max_steps:
             return warmup_steps
-        fitted = max(1, round(max_steps * self.warmup_steps / self.max_steps))
+        # At least one step, but shorter than the run (a one-step run: none), so the peak is reached.
+        fitted = min(max(1, round(max_steps * self.warmup_steps / self.max_steps)), max_steps - 1)
         logger.warning(f"{self.name}: warmup_steps={warmup_steps:g} is not shorter than max_steps={max_steps}, so "
                        f"the learning rate would never reach its peak; warming up for {fitted} steps instead (the "
                        f"recipe's {self.warmup_steps / self.max_steps:.0%} of the run).")
