@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,13 +31,21 @@ _RENAME_EXCHANGE = 2
 @contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; when the block ends without error, the staging folder's
-    content becomes `target`'s, in one step. On error, `target` is untouched and the staging folder removed."""
-    target = Path(target)
+    content becomes `target`'s, in one step. On error, `target` is untouched and the staging folder removed.
+    The folder keeps its mode (a new one gets the umask's, as `mkdir` would give it). The working directory and
+    the folders above it are refused: the swap would leave the process in a deleted folder."""
+    given = target
+    target = Path(target).resolve()  # "." or "x/.." name no folder to stage beside
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ValueError(f"Cannot save into {given!s} ({target}): it is the current working directory or holds "
+                         "it, and the save replaces the folder. Save into a subfolder, or change directory first.")
     if target.exists() and not target.is_dir():
         raise ValueError(f"Cannot save into {target}: it is a file, not a folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     try:
+        os.chmod(staging, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o777 & ~_umask())
         yield staging
         if target.exists():
             _carry_over(target, staging)
@@ -45,6 +54,13 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after an exchange it holds the old save
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _carry_over(target: Path, staging: Path) -> None:

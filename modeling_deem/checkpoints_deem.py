@@ -89,7 +89,7 @@ class DeemCheckpointMixin:
             super().save_pretrained(save_directory, *args, **kwargs)  # writes nothing; joins collective saves
             return
         if kwargs.get("push_to_hub"):
-            kwargs.setdefault("repo_id", Path(save_directory).name)  # not the staging folder's name
+            kwargs.setdefault("repo_id", Path(save_directory).resolve().name)  # not the staging folder's name
         processor = getattr(self, "processor", None)
         with atomic_directory(save_directory) as staging:
             super().save_pretrained(staging, *args, **kwargs)

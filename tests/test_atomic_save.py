@@ -113,6 +113,37 @@ def test_an_error_during_the_save_leaves_the_old_save_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
+def test_a_save_keeps_the_folders_mode_or_gives_a_new_one_the_umasks(tmp_path):
+    old_umask = os.umask(0o027)
+    try:
+        with atomic_directory(tmp_path / "new") as staging:
+            (staging / "config.json").write_text("{}")
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0o700
+        (tmp_path / "shared").mkdir()
+        os.chmod(tmp_path / "shared", 0o775)
+        for _ in range(2):  # a new save, then one over it
+            with atomic_directory(tmp_path / "shared") as staging:
+                (staging / "config.json").write_text("{}")
+            assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o775
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_target_spelled_with_dots_saves_and_the_working_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model" / "sub").mkdir(parents=True)
+    model = tiny(0)
+    model.save_pretrained("model/sub/..")  # the folder `model`, not a staging folder inside it
+    assert (tmp_path / "model" / "config.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert which(tmp_path / "model", {"saved": weights(model)}) == "saved"
+    monkeypatch.chdir(tmp_path / "model" / "sub")
+    for target in (".", "..", str(tmp_path / "model" / "sub")):
+        with pytest.raises(ValueError, match="working directory"):
+            model.save_pretrained(target)
+    assert not [p for folder in (tmp_path, tmp_path / "model") for p in folder.iterdir() if p.name.startswith(".")]
+
+
 def test_saving_into_a_file_is_refused(tmp_path):
     (tmp_path / "model").write_text("not a folder")
     with pytest.raises(ValueError, match="is a file"):
