@@ -202,6 +202,7 @@ def test_sft_with_a_peft_config_still_trains_the_image_side(processor, shapes, t
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert any("visual_resampler.modules_to_save" in n for n in trainable)
     assert any(".mmfs.modules_to_save" in n for n in trainable) and any("lora_" in n for n in trainable)
+    assert lora.modules_to_save is None  # the caller's config is left as it was
     trainer.train()
 
 

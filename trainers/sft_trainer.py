@@ -8,6 +8,7 @@ the chat template). TRL's own loss path (fused LM head, entropy/accuracy from lo
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from trl import SFTConfig, SFTTrainer
@@ -33,7 +34,10 @@ class DeemSFTTrainer(DeemLossMixin, SFTTrainer):
         if peft_config is not None and getattr(peft_config, "modules_to_save", None) is None:
             # TRL wraps the model with this config; without it peft would freeze everything the stage trains
             # outside the adapters (resamplers, MMFS, ...). An explicit list is the caller's choice.
+            # A copy: the caller's config is left as it was (it may serve another model or stage).
+            peft_config = copy.copy(peft_config)
             peft_config.modules_to_save = modules_trained_in_full(model, recipe)
+            kwargs["peft_config"] = peft_config
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         collator = data_collator or DeemDataCollator(processing_class, decoder_views=recipe.with_image_decoder,
                                                      seed=args.seed)
