@@ -25,22 +25,21 @@ def modules_trained_in_full(model: nn.Module, stage: str | StageRecipe) -> list[
         group = parameter_group(name)
         return group in recipe.learning_rates and group != "language_model"
 
-    modules = dict(model.named_modules())
-    all_trained: dict[str, bool] = {}  # module name → every parameter under it is trained in full
-    for module_name, module in modules.items():
-        names = [f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters()]
-        all_trained[module_name] = bool(names) and all(trained(n) for n in names)
-    chosen: list[str] = []
-
-    def cover(module_name: str, module: nn.Module) -> None:
-        # peft can keep any module but the model itself and bare containers (ModuleList/ModuleDict).
-        if module_name and all_trained[module_name] and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-            chosen.append(module_name)
-            return
+    def cover(module_name: str, module: nn.Module) -> tuple[bool, bool, list[str]]:
+        """One bottom-up pass: (holds parameters, every one of them trains in full, the fewest modules covering
+        the trained ones below). peft can keep any module but the model itself and bare containers."""
+        prefix = f"{module_name}." if module_name else ""
+        names = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+        holds, all_trained, below = bool(names), all(trained(n) for n in names), []
         for child_name, child in module.named_children():
-            cover(f"{module_name}.{child_name}" if module_name else child_name, child)
+            child_holds, child_trained, child_chosen = cover(prefix + child_name, child)
+            holds, all_trained = holds or child_holds, all_trained and (child_trained or not child_holds)
+            below += child_chosen
+        if module_name and holds and all_trained and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            return holds, all_trained, [module_name]
+        return holds, all_trained, below
 
-    cover("", model)
+    chosen = cover("", model)[2]
     covered = tuple(f"{name}." for name in chosen)
     for name, _ in model.named_parameters():
         if trained(name) and not name.startswith(covered):
