@@ -118,6 +118,14 @@ def instructions(split: str = "train", num_rows: int | None = 256, seed: int = 0
     return _build(row, INSTRUCTION_FEATURES, num_rows, streaming)
 
 
+def _pope_questions(scene: Scene, index: int, split: str, stats: ShapeStats, seed: int, image_split: str,
+                    factors: Factors | None) -> list[dict[str, str]]:
+    """The POPE questions of one image (`index` of `image_split`), seeded per split and image: `pope` and
+    `write_pope` ask the same ones."""
+    return pope_questions(scene, split, stats, rng_for(f"pope-{split}", seed, image_split, index),
+                          factors.shapes if factors else SHAPES)
+
+
 def pope(split: str = "random", num_images: int = 100, seed: int = 0, size: int = 64, kind: str = "photo",
          stats: ShapeStats | None = None, factors: Factors | None = None, image_split: str = "test") -> Dataset:
     """POPE rows (`image`, `object`, `text`, `label`, `split`, `image_id`) over `num_images` images of
@@ -129,8 +137,7 @@ def pope(split: str = "random", num_images: int = 100, seed: int = 0, size: int 
     rows = []
     for index in range(num_images):
         scene, image = shown_scene(index, kind, seed, image_split, factors, size)
-        for question in pope_questions(scene, split, stats, rng_for(f"pope-{split}", seed, image_split, index),
-                                       factors.shapes if factors else SHAPES):
+        for question in _pope_questions(scene, index, split, stats, seed, image_split, factors):
             rows.append({"image": image, **question, "image_id": f"{kind}-{index:06d}", "scene": scene.to_json()})
     return Dataset.from_list(rows, features=Features({
         "image": Image(), "object": Value("string"), "text": Value("string"), "label": Value("string"),
@@ -166,8 +173,7 @@ def write_pope(folder: str | Path, num_images: int = 100, seed: int = 0, size: i
     for split in POPE_SPLITS:
         rows = [{"image": relative, **question, "image_id": Path(relative).stem}
                 for index, (relative, scene) in enumerate(saved)
-                for question in pope_questions(scene, split, stats, rng_for(f"pope-{split}", seed, image_split, index),
-                                               factors.shapes if factors else SHAPES)]
+                for question in _pope_questions(scene, index, split, stats, seed, image_split, factors)]
         paths[split] = folder / f"toy_pope_{split}.jsonl"
         _write_jsonl(paths[split], rows)
     (folder / "shape_stats.json").write_text(json.dumps(

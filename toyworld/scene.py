@@ -14,6 +14,7 @@ Geometry is in image fractions (x right, y down, both in [0, 1]), so one scene r
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import math
 import random
@@ -210,8 +211,9 @@ class Style:
     seed: int = 0
 
 
-def _polygon(shape: str) -> list[tuple[float, float]]:
-    """The outline in a unit box centred on 0 (y down), fitted to the box."""
+@functools.cache
+def _polygon(shape: str) -> tuple[tuple[float, float], ...]:
+    """The outline in a unit box centred on 0 (y down), fitted to the box (computed once per shape)."""
     if shape == "circle":
         points = [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 72, endpoint=False)]
     elif shape == "square":
@@ -237,7 +239,7 @@ def _polygon(shape: str) -> list[tuple[float, float]]:
         raise ValueError(f"Unknown shape {shape!r}; choose from {SHAPES}.")
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     cx, cy, half = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2, max(max(xs) - min(xs), max(ys) - min(ys)) / 2
-    return [((x - cx) / half / 2, (y - cy) / half / 2) for x, y in points]
+    return tuple(((x - cx) / half / 2, (y - cy) / half / 2) for x, y in points)
 
 
 def _background(background: Background, side: int) -> Image.Image:
