@@ -5,7 +5,6 @@ Exported as remote code: import siblings only with ``from .x import Y``.
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,17 +48,16 @@ class DeemCheckpointMixin:
     def _decoder_only_prefixes(self) -> tuple[str, ...]:
         """Where a with-decoder checkpoint holds weights this decoder-less model has no place for: the decoder
         side, and the ConvNeXt levels (adapters, deeper stages) that only the UNet's MMFS reads."""
-        with_decoder = copy.deepcopy(self.config)
-        with_decoder.with_image_decoder = True
         mine = self.config.vision_levels()
-        extra = sorted(set(with_decoder.vision_levels()) - set(mine))
+        extra = sorted(set(self.config.vision_levels(with_decoder=True)) - set(mine))
         return (DECODER_ONLY_PREFIXES + tuple(f"vision_tower.adapters.{level}." for level in extra)
                 + tuple(f"vision_tower.trunk.stages.{level}." for level in extra if level > max(mine)))
 
     def _check_loaded_keys(self, info: dict[str, Any]) -> None:
         unexpected = set(info.get("unexpected_keys") or ())
         if not self.config.with_image_decoder:
-            unexpected = {key for key in unexpected if not key.startswith(self._decoder_only_prefixes())}
+            decoder_only = self._decoder_only_prefixes()  # once, not per key
+            unexpected = {key for key in unexpected if not key.startswith(decoder_only)}
         problems = {
             "missing": sorted(info.get("missing_keys") or ()),
             "unexpected": sorted(unexpected),

@@ -394,12 +394,15 @@ class DeemConfig(PretrainedConfig):
         """Whether the UNet reads image features too (MMFS on the decoder side)."""
         return bool(self.mmfs and self.with_image_decoder and self.mmfs_config["decoder"])
 
-    def vision_levels(self) -> list[int]:
-        """Every ConvNeXt stage the image side must project: the resampler's and MMFS's."""
+    def vision_levels(self, with_decoder: bool | None = None) -> list[int]:
+        """Every ConvNeXt stage the image side must project: the resampler's and MMFS's. `with_decoder`: as if
+        `with_image_decoder` were that (None: this config's own)."""
+        if with_decoder is None:
+            with_decoder = self.with_image_decoder
         levels = set(self.vision_config.feature_levels)
         if self.mmfs:
             levels |= set(self.mmfs_config["language_levels"])
-            if self.decoder_mmfs:
+            if with_decoder and self.mmfs_config["decoder"]:
                 levels |= set(self.mmfs_config["decoder_levels"])
         return sorted(levels)
 
