@@ -6,6 +6,14 @@ from collections.abc import Sequence
 
 from .answers import normalize_vqa_answer
 
+# How scores are shown (tables, model cards): these as they are; every other score is a fraction, shown in %.
+RAW_METRICS = ("cider",)
+
+
+def score_text(metric: str, value: float) -> str:
+    """A score as the paper's tables show it: "12.34" (%) for a fraction, "1.234" for a RAW_METRICS one."""
+    return f"{value:.3f}" if metric in RAW_METRICS else f"{100 * value:.2f}"
+
 
 def yes_no_accuracy(predictions: Sequence[str | None], labels: Sequence[str]) -> float:
     """RobustVQA's metric: the share of questions answered with the right yes/no (an unparsed answer is wrong)."""

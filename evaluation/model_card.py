@@ -20,7 +20,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling_deem.model_card_deem import EVAL_END, EVAL_START, model_card
 
-RAW_METRICS = ("cider",)  # shown as they are; every other score is a fraction, shown in %
+from .metrics import RAW_METRICS, score_text
+
 _SECTION = re.compile(re.escape(EVAL_START) + r".*?" + re.escape(EVAL_END), re.DOTALL)
 
 
@@ -94,7 +95,7 @@ def _run_of_summary(summary: dict[str, Any]) -> tuple[str, str, str | None]:
 def _score(metric: str, value: Any) -> str:
     if not isinstance(value, (int, float)):
         return str(value)
-    return f"{value:.3f}" if metric in RAW_METRICS else f"{100 * value:.2f}"
+    return score_text(metric, value)
 
 
 def _write(path: Path, content: str) -> None:

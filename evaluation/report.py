@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from .benchmarks import BenchmarkResult
+from .metrics import score_text
 from .result_keys import model_identity, model_key, readable
 
 HEADLINE = {"robustvqa": "accuracy", "pope": "accuracy", "mmvp": "pair_accuracy", "vqav2": "accuracy",
@@ -131,10 +132,9 @@ def table(summaries: list[dict[str, Any]]) -> str:
     columns = sorted({k for s in summaries for k in s["scores"]})
     header = ["model", "prompt", *columns, "evaluated", "skipped"]
     rows = [[s["model"], str(s.get("prompt") or "-"),
-             *(f"{100 * s['scores'][c]:.2f}" if c in s["scores"] and c != "cider"
-               else f"{s['scores'].get(c, float('nan')):.3f}" for c in columns),
+             *(score_text(c, s["scores"][c]) if c in s["scores"] else "nan" for c in columns),
              str(s["evaluated"]), skip_counts(s["skipped"])] for s in summaries]
-    text = _aligned(header, rows)
+    text = aligned_table(header, rows)
     if any("conventions" in s for s in summaries):
         text += "\n\n" + conventions_table(summaries)
     return text
@@ -155,10 +155,11 @@ def conventions_table(summaries: list[dict[str, Any]]) -> str:
     headline = next((s["headline"] for s in summaries if "headline" in s), {})
     title = (f"Headline: {headline.get('convention')} (the columns above). "
              "The same answers under each convention (rules and sources in the results JSON):")
-    return title + "\n" + _aligned(header, rows)
+    return title + "\n" + aligned_table(header, rows)
 
 
-def _aligned(header: list[str], rows: list[list[str]]) -> str:
+def aligned_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, " | " between them, a rule under the header."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import image_metrics
 from .benchmarks import BenchmarkResult
 from .images import open_image
+from .report import aligned_table
 from .result_keys import data_key, short_hash
 from .rows import read_located_rows
 
@@ -183,9 +184,7 @@ def table(summaries: Sequence[dict[str, Any]]) -> str:
     header = ["model", "fid", "clip_score", "clip_score_candidates", "captions"]
     rows = [[s["model"], *(f"{s['scores'].get(c, float('nan')):.3f}" for c in header[1:4]), str(s["evaluated"])]
             for s in summaries]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
-    return "\n".join(lines + [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
+    return aligned_table(header, rows)
 
 
 def parser() -> argparse.ArgumentParser:
