@@ -23,8 +23,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from processing.prompts_deem import IMAGE_MARKER, QUESTION_TEMPLATES, question_prompt
-
 from .images import rgb_image
 
 PROMPT_STYLES = ("paper", "generic")
@@ -47,6 +45,8 @@ class ImageQuestionAnswerer:
     def __init__(self, model: str | Path, max_new_tokens: int = 8, batch_size: int = 8, device: str | None = None,
                  dtype: torch.dtype | None = None, prompt: str = "paper", task: str = "vqa") -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from processing.prompts_deem import QUESTION_TEMPLATES  # `processing` imports the model code: only when used
 
         if prompt not in PROMPT_STYLES:
             raise ValueError(f"Unknown prompt style {prompt!r}; choose from {', '.join(PROMPT_STYLES)}.")
@@ -73,6 +73,8 @@ class ImageQuestionAnswerer:
         if self.prompt_style == "generic":
             content = [{"type": "image"}, {"type": "text", "text": question}]
         else:
+            from processing.prompts_deem import IMAGE_MARKER, question_prompt
+
             user, prefix = question_prompt(self.task, question)
             before, after = user.split(IMAGE_MARKER, 1)
             content = [*([{"type": "text", "text": before}] if before else []), {"type": "image"},
@@ -125,6 +127,8 @@ class ImageQuestionAnswerer:
         """Each row's image features (one image per row): new images encoded together, the rest from `cache`."""
         new = {key: image for key, image in zip(keys, images) if key not in cache}
         if new:
+            from processing.prompts_deem import IMAGE_MARKER
+
             pixels = self.processor(text=IMAGE_MARKER * len(new), images=list(new.values()), return_tensors="pt")
             encoded = self.model.get_image_features(pixels["pixel_values"].to(self.model.device), return_dict=True)
             self._feature_class = type(encoded)
