@@ -255,20 +255,6 @@ def profile_ops(function: Callable[[], Any], repeats: int = 3) -> dict[str, Any]
             "by_op": by_op}
 
 
-def top_ops(function: Callable[[], Any], limit: int = 12) -> list[dict[str, Any]]:
-    """torch.profiler's busiest ops (self CPU time) over calls of `function`."""
-    profiled = profile_ops(function)
-    total = profiled["ops_ms"] or 1
-    ranked = sorted(profiled["by_op"].items(), key=lambda kv: -kv[1]["self_ms"])[:limit]
-    return [{"op": key, "calls": v["calls"], "self_cpu_ms": v["self_ms"], "share": v["self_ms"] / total}
-            for key, v in ranked]
-
-
-def print_top_ops(title: str, ops: list[dict[str, Any]]) -> None:
-    print_table(["op", "calls", "self CPU ms", "share"],
-                [[o["op"][:48], o["calls"], o["self_cpu_ms"], f"{o['share']:.1%}"] for o in ops], title)
-
-
 def op_gap(slow: Callable[[], Any], fast: Callable[[], Any], limit: int = 10) -> dict[str, Any]:
     """Where `slow` spends more than `fast`: per-op self CPU ms and call differences (profiled, per call), and the
     CPU time outside ops (Python, dispatch) of each."""

@@ -24,6 +24,7 @@ for the layout used: `--layout dense` (the benchmarks' 218-token rows: 2 images 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def summarize(stage: str, times: dict[str, list[float]], info: dict[str, Any]) -
     on = "CSR on (fused)" if stage == "stage1" else "CSR on"
     med = medians(times)
     overhead = [a - b for a, b in zip(times[on], times["CSR off"])]
-    overhead_median = sorted(overhead)[len(overhead) // 2]
+    overhead_median = statistics.median(overhead)
     result = {"info": info, "median_s": med, "step_s": times,
               "step_on_over_off": ratio_stats(times[on], times["CSR off"]), "paper_on_over_off": PAPER[stage],
               "csr_overhead_s": overhead_median,

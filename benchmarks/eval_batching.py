@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="outputs/eval_batching.json")
     args = parser.parse_args()
+    if args.batch_size < 2:
+        parser.error("--batch-size must be at least 2: it is compared with batch 1")
     torch.set_num_threads(args.threads)
     result = {"setup": f"POPE-like: {args.images} images (640x480 JPEG) x {args.per_image} questions, paper prompt, "
                        f"greedy, {args.max_new_tokens} new tokens (random weights: never an early EOS), CPU time",

@@ -16,6 +16,7 @@ FlopCounterMode, forward and backward) show how far time follows compute: time r
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def series(title: str, arms: dict[str, Any], tokens: dict[str, int], rounds: int
     rows = []
     for name in arms:
         time_ratio, flop_ratio = med[name] / med[first], flops[name] / flops[first]
-        rows.append([name, tokens[name], med[name], time_ratio, flop_ratio / 1, time_ratio / flop_ratio])
+        rows.append([name, tokens[name], med[name], time_ratio, flop_ratio, time_ratio / flop_ratio])
     print_table(["arm", "tokens/row", "median CPU s", f"× {first}", "FLOPs ×", "time × / FLOPs ×"], rows, title)
     print()
     return {"median_s": med, "runs_s": times, "flops": flops, "tokens_per_row": tokens}
@@ -117,9 +118,9 @@ def generation(config: Any, lengths: list[int], new_tokens: int, rounds: int) ->
     for which in per_token:
         for length in lengths:
             long, short = times[f"{which} {length}+{1 + new_tokens}"], times[f"{which} {length}+1"]
-            differences = sorted((a - b) / new_tokens for a, b in zip(long, short))
-            per_token[which][length] = {"median_ms": 1e3 * differences[len(differences) // 2],
-                                        "prefill_s": sorted(short)[len(short) // 2]}
+            differences = [(a - b) / new_tokens for a, b in zip(long, short)]
+            per_token[which][length] = {"median_ms": 1e3 * statistics.median(differences),
+                                        "prefill_s": statistics.median(short)}
     first = lengths[0]
     deem, floor = per_token["DEEM"], per_token["floor"]
     print_table(["prompt tokens", "DEEM prefill+1 s", "DEEM ms/token", f"× at {first}", "floor ms/token",
