@@ -152,6 +152,9 @@ class DeemForConditionalGeneration(
         # Modules, not bare parameters, so peft's `modules_to_save` can keep them in a LoRA run's adapter.
         self.image_start_embedding = nn.Embedding(1, text_hidden)
         self.new_token_head = nn.Linear(text_hidden, len(config.new_token_ids))
+        # The columns the new-token head adds to (a buffer: follows `.to(device)`, not saved; set again in
+        # `_initialize_weights`, as from_pretrained leaves non-persistent buffers empty).
+        self.register_buffer("new_token_index", torch.tensor(config.new_token_ids, dtype=torch.long), persistent=False)
         mmfs_modules = []
         if config.mmfs:
             mmfs_modules = add_mmfs_layers(self.language_model, config.vision_config.hidden_size, config.mmfs_config)
@@ -201,6 +204,7 @@ class DeemForConditionalGeneration(
         if module is self:
             for mmfs in getattr(self, "_mmfs_modules", ()):
                 mmfs.reset_parameters()
+            init.copy_(self.new_token_index, torch.tensor(self.config.new_token_ids, dtype=torch.long))
         super()._initialize_weights(module, is_custom_code)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -448,8 +452,9 @@ class DeemForConditionalGeneration(
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head's logits plus the trainable new-token head's on the new tokens' columns."""
         logits = self.get_output_embeddings()(hidden)
-        ids = torch.tensor(self.config.new_token_ids, device=logits.device)
-        return logits.index_add(-1, ids, self.new_token_head(hidden).to(logits.dtype))
+        # In place: the head's backward does not need its output, so autograd allows it (no copy of the logits).
+        return logits.index_add_(-1, self.new_token_index.to(logits.device),
+                                 self.new_token_head(hidden).to(logits.dtype))
 
     def ntp_ignored(self, input_ids: torch.LongTensor) -> torch.BoolTensor:
         """Tokens that are never NTP targets (the original's rule): an image placeholder, a `<s>`, or a

@@ -25,6 +25,9 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path):
     assert not list(tmp_path.glob("*.bin"))
     loaded = DeemForConditionalGeneration.from_pretrained(tmp_path)
     assert_same_tensors(tiny_model, loaded)
+    # The new-token columns are a non-persistent buffer: not saved, set again when loading (not left empty).
+    assert "new_token_index" not in loaded.state_dict()
+    assert torch.equal(loaded.new_token_index, torch.tensor(loaded.config.new_token_ids))
     assert all(not p.requires_grad for p in loaded.unet.parameters())
     assert loaded.noise_scheduler.config.num_train_timesteps == 1000
 
@@ -33,6 +36,8 @@ def test_round_trip_in_bfloat16(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     loaded = DeemForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert_same_tensors(tiny_model.to(torch.bfloat16), loaded)
+    assert loaded.new_token_index.dtype == torch.long
+    assert torch.equal(loaded.new_token_index, torch.tensor(loaded.config.new_token_ids))
     assert_same_tensors(loaded, DeemForConditionalGeneration.from_pretrained(tmp_path, torch_dtype=torch.bfloat16))
     bf16_dir = tmp_path / "bf16"
     loaded.save_pretrained(bf16_dir)
