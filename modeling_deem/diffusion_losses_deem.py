@@ -59,10 +59,12 @@ class DeemDiffusionLossMixin:
         image_features: DeemImageFeatures | None,
         image_masks: torch.Tensor | None,
         hidden: torch.FloatTensor,
-        input_ids: torch.LongTensor | None,
+        input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """NIP and CSR. `input_ids`: the token ids, or, for embeddings, their `token_layout` (forward always
+        passes one)."""
         self._require_image_decoder("decoder_pixel_values (NIP/CSR losses)")
         if image_features is None:
             raise ValueError("decoder_pixel_values were given without pixel_values: NIP and CSR need both views.")
@@ -73,8 +75,6 @@ class DeemDiffusionLossMixin:
                 f"decoder_pixel_values must be (num_images={num_images}, 3, {size}, {size}), "
                 f"got shape {tuple(decoder_pixel_values.shape)}"
             )
-        if input_ids is None:
-            raise ValueError("NIP needs input_ids to find each image's <|startofimage|> context.")
         contexts = None
         if self.config.nip_loss_weight > 0:
             contexts = self.image_contexts(hidden, input_ids, attention_mask, position_ids)

@@ -56,9 +56,11 @@ def part_sources(config: Any) -> dict[str, str | None]:
     return {"language_model": llm, "vision_model": open_clip, "diffusion_model": diffusion}
 
 
-def base_models(config: Any) -> list[str]:
-    """The parts' sources that are hub ids (`base_model` metadata); local paths and open_clip tags are not."""
-    sources = part_sources(config)
+def base_models(config: Any, sources: dict[str, str | None] | None = None) -> list[str]:
+    """The parts' sources that are hub ids (`base_model` metadata); local paths and open_clip tags are not.
+    `sources`: `part_sources(config)` when the caller has it already."""
+    if sources is None:
+        sources = part_sources(config)
     return [source for key in ("language_model", "diffusion_model")
             if (source := sources[key]) and _HUB_ID.match(source) and not Path(source).exists()]
 
@@ -66,8 +68,8 @@ def base_models(config: Any) -> list[str]:
 def model_card(config: Any, name: str, training: dict[str, Any] | None = None,
                num_parameters: int | None = None) -> ModelCard:
     """The card of a DEEM checkpoint named `name` (the folder or repository name)."""
-    bases = base_models(config)
     sources = part_sources(config)
+    bases = base_models(config, sources)
     pretrained = any(sources.values())
     tags = ["deem", "multimodal", "image-to-text", "text-to-image", "diffusion", "custom_code"]
     if config.with_image_decoder:

@@ -327,12 +327,8 @@ class DeemForConditionalGeneration(
     ) -> torch.BoolTensor:
         """Where the image tokens go; refuses a text whose image slots do not match the images given."""
         if input_ids is None:
-            placeholder = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
-            )
-            mask = (inputs_embeds == placeholder).all(-1)
-        else:
-            mask = input_ids == self.config.image_token_id
+            input_ids = self.token_layout(inputs_embeds)
+        mask = input_ids == self.config.image_token_id
         per_image = self.config.num_image_tokens
         found = int(mask.sum())
         if found != num_images * per_image:

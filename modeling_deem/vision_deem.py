@@ -74,11 +74,9 @@ class DeemVisionTower(nn.Module):
     def load_trunk_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a full ConvNeXt's weights (open_clip's `visual.trunk`) into the pruned trunk: every kept tensor
         must be there; only the parts pruned away may be left over."""
-        kept = self.trunk.state_dict()
-        missing = sorted(set(kept) - set(state))
+        missing = sorted(self.trunk.load_state_dict(state, strict=False).missing_keys)
         if missing:
             raise ValueError(f"The ConvNeXt weights lack {missing[:8]}{' ...' if len(missing) > 8 else ''}.")
-        self.trunk.load_state_dict({key: state[key] for key in kept})
 
     @property
     def native_modules(self) -> nn.Module:
