@@ -74,9 +74,10 @@ class DeemVisionTower(nn.Module):
     def load_trunk_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a full ConvNeXt's weights (open_clip's `visual.trunk`) into the pruned trunk: every kept tensor
         must be there; only the parts pruned away may be left over."""
-        missing = sorted(self.trunk.load_state_dict(state, strict=False).missing_keys)
+        missing = sorted(set(self.trunk.state_dict()) - set(state))  # checked first: nothing half-loaded
         if missing:
             raise ValueError(f"The ConvNeXt weights lack {missing[:8]}{' ...' if len(missing) > 8 else ''}.")
+        self.trunk.load_state_dict(state, strict=False)
 
     @property
     def native_modules(self) -> nn.Module:
