@@ -207,3 +207,13 @@ def test_nip_and_csr_share_one_unet_call_with_the_losses_of_two(tiny_model, inte
     handle.remove()
     for fused_loss, separate_loss in zip(results[True], results[False]):
         torch.testing.assert_close(fused_loss, separate_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_a_convnext_state_missing_weights_is_refused_before_anything_loads(tiny_model):
+    trunk = tiny_model.vision_tower.trunk
+    state = {key: torch.zeros_like(value) for key, value in trunk.state_dict().items()}
+    before = {key: value.clone() for key, value in trunk.state_dict().items()}
+    del state["stem.0.weight"]
+    with pytest.raises(ValueError, match="lack \\['stem.0.weight'\\]"):
+        tiny_model.vision_tower.load_trunk_state(state)
+    assert all(torch.equal(value, before[key]) for key, value in trunk.state_dict().items())
