@@ -39,7 +39,8 @@ class DeemComponentsMixin:
             its tokenizer (`tokenizer`, default: the LM's own), exactly as `DeemProcessor.from_base_tokenizer`
             adds them, and the embeddings grow to match.
         vision_model: an open_clip model name whose tower is a timm ConvNeXt (e.g. "convnext_base_w_320");
-            `vision_pretrained` is its open_clip pretrained tag or a checkpoint path. None with
+            `vision_pretrained` is its open_clip pretrained tag or a checkpoint path. Or a model folder in
+            open_clip's hub layout, "local-dir:<folder>" or "hf-hub:<repo>", which holds its own weights. None with
             `vision_backbone="diffusion"`.
         diffusion_model: a diffusers Stable Diffusion folder or hub id (unet/, vae/, scheduler/; and
             text_encoder/ + tokenizer/ for a diffusion visual backbone).
@@ -121,17 +122,25 @@ class DeemComponentsMixin:
 def _open_clip_trunk(
     name: str, pretrained: str | None, overrides: dict
 ) -> tuple[DeemVisionConfig, dict[str, torch.Tensor]]:
-    """Build an open_clip model (weights from a tag or a checkpoint file) and take its ConvNeXt trunk."""
+    """Build an open_clip model (weights from a tag or a checkpoint file, or a whole model folder named
+    `local-dir:<path>` / `hf-hub:<repo>` as open_clip names them) and take its ConvNeXt trunk."""
     import open_clip
 
-    if name not in open_clip.list_models():
-        raise ValueError(f"Unknown vision tower {name!r}: not an open_clip model name (see open_clip.list_models()).")
-    vision_cfg = open_clip.get_model_config(name)["vision_cfg"]
-    timm_name = vision_cfg.get("timm_model_name")
-    if not timm_name or not timm_name.startswith("convnext"):
-        raise ValueError(f"Unknown vision tower {name!r}: DEEM needs an open_clip model with a timm ConvNeXt tower.")
+    schema = name.split(":", 1)[0] if name.startswith(("local-dir:", "hf-hub:")) else None
+    if schema is None:
+        if name not in open_clip.list_models():
+            raise ValueError(f"Unknown vision tower {name!r}: not an open_clip model name (see open_clip.list_models()), "
+                             "nor a 'local-dir:<folder>' / 'hf-hub:<repo>' model.")
+        timm_name = open_clip.get_model_config(name)["vision_cfg"].get("timm_model_name")
+        if not timm_name or not timm_name.startswith("convnext"):
+            raise ValueError(f"Unknown vision tower {name!r}: DEEM needs an open_clip model with a timm ConvNeXt tower.")
+    elif pretrained is not None:
+        raise ValueError(f"vision_pretrained={pretrained!r} with {name!r}: a {schema} model folder holds its own weights.")
     clip = open_clip.create_model(name, pretrained=pretrained)
-    trunk = clip.visual.trunk
+    trunk = getattr(clip.visual, "trunk", None)
+    timm_name = getattr(trunk, "pretrained_cfg", {}).get("architecture", "") if trunk is not None else ""
+    if not timm_name.startswith("convnext"):
+        raise ValueError(f"Unknown vision tower {name!r}: DEEM needs an open_clip model with a timm ConvNeXt tower.")
     config = DeemVisionConfig(
         timm_model_name=timm_name,
         depths=[len(stage.blocks) for stage in trunk.stages],

@@ -1,9 +1,11 @@
 """Stage 0 of the toy world: its "CLIP", the image encoder DEEM takes as given.
 
 A small open_clip model whose image tower is a timm ConvNeXt (as DEEM's CLIP-ConvNeXt), trained contrastively on
-the toy photographs' captions, saved in open_clip's own format (a model config + a state-dict checkpoint) and
-loaded back the way the real one is: `open_clip.create_model(name, pretrained=path)`, i.e.
-`DeemForConditionalGeneration.from_components(vision_model=TOY_CLIP, vision_pretrained=path, ...)`.
+the toy photographs' captions and saved as an open_clip model folder (`open_clip_config.json`,
+`open_clip_model.safetensors` and the tokenizer: the layout of open_clip's hub models), so it loads back the way a
+real one does: `open_clip.create_model("local-dir:<folder>")`, i.e.
+`DeemForConditionalGeneration.from_components(vision_model="local-dir:<folder>", ...)`, and
+`python -m evaluation build-robustvqa --clip-model local-dir:<folder>`.
 
     python -m toyworld.clip --output-dir outputs/toy-clip
 """
@@ -12,43 +14,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .datasets import photographs, renditions
-from .scene import SHAPES, Factors
+from .scene import PLURALS, SHAPES, Factors
+from .text import NUMBERS
+from .tokenizer import save as save_tokenizer
 
-TOY_CLIP = "toy-clip-convnext"
 TOY_CLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "avg",
+    # timm's smallest ConvNeXt (1.9M parameters; DEEM rebuilds it from the name + depths/dims).
+    "vision_cfg": {"timm_model_name": "convnext_zepto_rms", "timm_model_pretrained": False, "timm_pool": "avg",
                    "timm_proj": "linear", "image_size": 64},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+    # The toy tokenizer (`<s> text </s>`, 508 tokens) instead of CLIP's 49k BPE: the text tower pools at `</s>`.
+    "text_cfg": {"context_length": 32, "vocab_size": 512, "width": 64, "heads": 4, "layers": 2,
+                 "pool_type": "eos", "eos_id": 2, "pad_id": 3,
+                 "hf_tokenizer_name": "."},  # any name: open_clip reads a local-dir model's tokenizer from its folder
 }
 PROMPT = "A photo of a {}."
+SHORT_CAPTION_PROB = 0.3
 
 
-def register(folder: str | Path) -> str:
-    """Write the model config beside the checkpoint and register it with open_clip (as a named model)."""
-    import open_clip
+def model_name(folder: str | Path) -> str:
+    """The open_clip model name of a saved toy CLIP."""
+    return f"local-dir:{Path(folder).resolve()}"
 
-    path = Path(folder) / f"{TOY_CLIP}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(TOY_CLIP_CONFIG, indent=2))
-    open_clip.add_model_config(path)
-    return TOY_CLIP
+
+def save(model: Any, folder: str | Path) -> Path:
+    """Config, tokenizer and safetensors weights in open_clip's model-folder layout."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(folder, for_text_encoder=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TOY_CLIP_CONFIG, "preprocess_cfg": {
+        "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}}, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
 
 
 def load(folder: str | Path) -> tuple[Any, Any, Any]:
     """(model, eval preprocess, tokenizer) of a saved toy CLIP, through open_clip's own loading."""
     import open_clip
 
-    register(folder)
-    model, _, preprocess = open_clip.create_model_and_transforms(TOY_CLIP, pretrained=str(Path(folder) / "open_clip_toy.pt"))
-    return model.eval(), preprocess, open_clip.get_tokenizer(TOY_CLIP)
+    name = model_name(folder)
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
 @torch.no_grad()
@@ -64,16 +82,30 @@ def zero_shot_accuracy(model: Any, preprocess: Any, tokenizer: Any, kind: str = 
     return sum(p == t for p, t in zip(predicted, truth)) / len(truth)
 
 
+def clip_caption(caption: str, shapes: list[str], rng: random.Random) -> str:
+    """The row's caption, or (p = 0.3) only the shapes it shows, as alt-texts often name just the objects: without
+    such captions colour and background alone tell a batch's images apart and the shapes are never learned."""
+    if rng.random() >= SHORT_CAPTION_PROB:
+        return caption
+    counts = Counter(shapes)
+    names = [f"a {s}" if n == 1 else f"{NUMBERS[n]} {PLURALS[s]}" for s, n in counts.items()]
+    return f"A photo of {names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' and ' + names[-1]}."
+
+
 def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
           log_every: int = 50, eval_images: int = 200) -> dict[str, Any]:
-    """Contrastive training on photographs and their captions; saves `open_clip_toy.pt` and a report."""
+    """Contrastive training on photographs and their captions; saves the model folder and a report."""
     import open_clip
 
     torch.manual_seed(seed)
+    rng = random.Random(f"toyworld:clip:{seed}")
     output_dir = Path(output_dir)
-    register(output_dir)
-    model, preprocess_train, preprocess = open_clip.create_model_and_transforms(TOY_CLIP, output_dict=True)
-    tokenizer = open_clip.get_tokenizer(TOY_CLIP)
+    model = open_clip.CLIP(**TOY_CLIP_CONFIG, output_dict=True)
+    size = TOY_CLIP_CONFIG["vision_cfg"]["image_size"]
+    preprocess_train = open_clip.image_transform(size, is_train=True)
+    preprocess = open_clip.image_transform(size, is_train=False)
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(save(model, output_dir)),
+                                                context_length=TOY_CLIP_CONFIG["text_cfg"]["context_length"])
     data = photographs("train", num_rows=steps * batch_size, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -83,7 +115,8 @@ def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: fl
     for step in range(steps):
         rows = data[step * batch_size : (step + 1) * batch_size]
         pixels = torch.stack([preprocess_train(images[0]) for images in rows["images"]])
-        out = model(pixels, tokenizer(rows["caption"]))
+        captions = [clip_caption(c, shapes, rng) for c, shapes in zip(rows["caption"], rows["shapes"])]
+        out = model(pixels, tokenizer(captions))
         loss = criterion(out["image_features"], out["text_features"], out["logit_scale"])
         optimizer.zero_grad()
         loss.backward()
@@ -92,7 +125,7 @@ def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: fl
         losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f}", flush=True)
-    torch.save(model.state_dict(), output_dir / "open_clip_toy.pt")
+    save(model, output_dir)
     model.eval()
     report = {"steps": steps, "batch_size": batch_size, "seed": seed, "seconds": round(time.time() - start, 1),
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / min(10, len(losses)),

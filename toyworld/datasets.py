@@ -19,7 +19,8 @@ from datasets import Dataset, Features, Image, IterableDataset, List, Value
 
 from .renditions import RENDITIONS, apply_rendition
 from .scene import SHAPES, Factors, Scene, render, sample_scene
-from .text import POPE_SPLITS, ShapeStats, caption, conversation, pope_questions, questions, scene_summary
+from .text import (POPE_SPLITS, ShapeStats, caption, conversation, paper_conversation, pope_questions, questions,
+                   scene_summary)
 
 IMAGE_MARKER = "<image>"
 MEDIUM = {"photo": "photo", "outline": "line drawing", "stripes": "striped drawing", "dots": "dotted drawing"}
@@ -82,11 +83,15 @@ def _caption_row(index: int, kind: str, seed: int, split: str, factors: Factors 
 
 
 def _instruction_row(index: int, kind: str, seed: int, split: str, factors: Factors | None, size: int,
-                     num_turns: int) -> dict[str, Any]:
+                     num_turns: int, layout: str = "llava") -> dict[str, Any]:
     from trainers.data_builders import llava_conversation_row
 
     scene, image = shown_scene(index, kind, seed, split, factors, size)
-    turns = conversation(scene, rng_for("chat", seed, split, index), num_turns, medium=MEDIUM.get(kind, "picture"))
+    rng = rng_for("chat", seed, split, index)
+    if layout == "paper" or (layout == "mixed" and rng.random() < 0.5):
+        turns = paper_conversation(scene, rng, num_turns)
+    else:
+        turns = conversation(scene, rng, num_turns, medium=MEDIUM.get(kind, "picture"))
     return {**llava_conversation_row(turns, image), "conversations": turns, "rendition": kind,
             **_scene_columns(scene, index)}
 
@@ -110,11 +115,15 @@ def renditions(kind: str, split: str = "test", num_rows: int | None = 256, seed:
 
 def instructions(split: str = "train", num_rows: int | None = 256, seed: int = 0, size: int = 64,
                  factors: Factors | None = None, streaming: bool = False, num_turns: int = 3,
-                 kind: str = "photo") -> Dataset | IterableDataset:
+                 kind: str = "photo", layout: str = "llava") -> Dataset | IterableDataset:
     """LLaVA conversations (`conversations`) and the same as chat `messages` for the collator (only the
-    assistant's short answers are targets), with the image and the scene."""
+    assistant's short answers are targets), with the image and the scene. `layout`: "llava" (plain questions
+    and answers), "paper" (Figure 8's prompts and "The answer is ...", as the paper's evaluation asks) or
+    "mixed" (each row one or the other, p = 0.5)."""
+    if layout not in ("llava", "paper", "mixed"):
+        raise ValueError(f"Unknown conversation layout {layout!r}; choose llava, paper or mixed.")
     row = partial(_instruction_row, kind=kind, seed=seed, split=split, factors=factors, size=size,
-                  num_turns=num_turns)
+                  num_turns=num_turns, layout=layout)
     return _build(row, INSTRUCTION_FEATURES, num_rows, streaming)
 
 

@@ -18,6 +18,7 @@ from .scene import PLURALS, SHAPES, Factors, Scene, sample_scene
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPE_QUESTION = "Is there a {object} in the image?"
+MAIN_OBJECT_QUESTION = "Is {object} the main object in this image?"
 CAPTION_TEMPLATES = (
     "A {medium} of {objects} on {background}.",
     "{Objects} on {background}.",
@@ -161,6 +162,47 @@ def conversation(scene: Scene, rng: random.Random, num_turns: int = 3, describe_
     for index, (question, answer) in enumerate(turns):
         messages.append({"from": "human", "value": f"<image>\n{question}" if index == 0 else question})
         messages.append({"from": "gpt", "value": answer})
+    return messages
+
+
+def main_object_questions(scene: Scene, rng: random.Random) -> list[QA]:
+    """RobustVQA's question (Figure 8 (e)) where it has an answer, i.e. for one-object scenes: a yes and a no."""
+    if len(scene.objects) != 1:
+        return []
+    shape = scene.objects[0].shape
+    other = rng.choice([s for s in SHAPES if s != shape])
+    return [QA("main", MAIN_OBJECT_QUESTION.format(object=s), label) for s, label in ((shape, "yes"), (other, "no"))]
+
+
+def paper_turn(qa: QA, first: bool) -> tuple[str, str]:
+    """A question and its answer in the layout of the paper's Figure 8 (the image marker in the first turn only):
+    VQA's for short answers, POPE's for existence and RobustVQA's for the main object, "The answer is ..."."""
+    from processing.prompts_deem import PROMPT_PRESETS
+
+    if qa.kind == "existence":
+        (user, prefix), fields = PROMPT_PRESETS["pope"], {"object": qa.question[len("Is there a "):-len(" in the image?")]}
+    elif qa.kind == "main":
+        (user, prefix), fields = PROMPT_PRESETS["robustvqa"], {"object": qa.question.split()[1]}
+    else:
+        (user, prefix), fields = PROMPT_PRESETS["vqa"], {"question": qa.question}
+    for name, value in fields.items():
+        user = user.replace("{" + name + "}", value)
+    if not first:
+        user = " ".join(user.replace("<image>", " ").split())
+    return user, f"{prefix} {qa.answer}"
+
+
+def paper_conversation(scene: Scene, rng: random.Random, num_turns: int = 3) -> list[dict[str, str]]:
+    """A LLaVA-format conversation (`from` human / gpt) in Figure 8's layout: short-answer questions, existence
+    questions with random POPE negatives and, for one-object scenes, main-object questions."""
+    pool = [qa for qa in questions(scene, rng)]
+    pool += [QA("existence", row["text"], row["label"]) for row in pope_questions(scene, "random", None, rng)
+             if row["label"] == "no"]
+    pool += main_object_questions(scene, rng)
+    messages: list[dict[str, str]] = []
+    for index, qa in enumerate(rng.sample(pool, min(num_turns, len(pool)))):
+        user, answer = paper_turn(qa, first=index == 0)
+        messages += [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]
     return messages
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset, IterableDataset, load_dataset, load_from_disk
 from PIL import Image
 from transformers import HfArgumentParser, TrainingArguments, set_seed
@@ -31,7 +32,7 @@ from .data_builders import image_text_pair_row, llava_conversation_row
 from .deem_trainer import DeemTrainer
 from .lora import lora_on_language_model
 from .packing import DeemPackingCollator
-from .stages import STAGES
+from .stages import STAGES, StageRecipe
 from .synthetic_data import make_shapes_dataset
 
 
@@ -42,6 +43,9 @@ class ModelArguments:
     processor_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model/config folder."})
     lora_r: int = field(default=0, metadata={"help": "> 0: LoRA of this rank on the LLM's attention (peft)."})
     lora_alpha: int = field(default=16)
+    dtype: str = field(default="auto", metadata={
+        "help": "Weights' dtype when loading --model_name_or_path: 'auto' (the checkpoint's) or a torch dtype name.",
+        "choices": ["auto", "float32", "bfloat16", "float16"]})
 
 
 @dataclass
@@ -68,6 +72,17 @@ class DataArguments:
 @dataclass
 class StageArguments:
     stage: str = field(default="stage1", metadata={"choices": list(STAGES)})
+    nip_loss_weight: float | None = field(default=None, metadata={"help": "λ_NIP (default: the stage's)."})
+    csr_loss_weight: float | None = field(default=None, metadata={
+        "help": "λ_CSR (default: the stage's; 0 trains without CSR, as the paper's ablations)."})
+
+    def recipe(self) -> StageRecipe:
+        """The stage's recipe with the loss weights given on the command line."""
+        weights = {name: value for name, value in (("nip_loss_weight", self.nip_loss_weight),
+                                                   ("csr_loss_weight", self.csr_loss_weight)) if value is not None}
+        if any(value < 0 for value in weights.values()):
+            raise ValueError(f"Loss weights must be >= 0, got {weights}.")
+        return replace(STAGES[self.stage], **weights)
 
 
 def given_on_command_line(argv: list[str]) -> set[str]:
@@ -129,7 +144,8 @@ def build_model(args: ModelArguments, stage: str) -> DeemForConditionalGeneratio
         # A local folder by its absolute path: a LoRA output records it as its base, and must load from anywhere.
         source = args.model_name_or_path
         source = str(Path(source).resolve()) if Path(source).is_dir() else source
-        model = DeemForConditionalGeneration.from_pretrained(source, with_image_decoder=with_decoder)
+        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        model = DeemForConditionalGeneration.from_pretrained(source, with_image_decoder=with_decoder, dtype=dtype)
     elif args.config_name:
         model = DeemForConditionalGeneration(DeemConfig.from_pretrained(args.config_name,
                                                                         with_image_decoder=with_decoder))
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> DeemTrainer:
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ModelArguments, DataArguments, StageArguments, TrainingArguments))
     model_args, data_args, stage_args, training_args = parser.parse_args_into_dataclasses(argv)
-    recipe = STAGES[stage_args.stage]
+    recipe = stage_args.recipe()
     # The stage recipe's values, overridden by whatever the command line set explicitly.
     fields = TrainingArguments.__dataclass_fields__
     explicit = {k: getattr(training_args, k) for k in given_on_command_line(argv) if k in fields and fields[k].init}

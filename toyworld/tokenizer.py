@@ -1,0 +1,66 @@
+"""The toy world's tokenizer: a byte-level BPE trained on the world's own text, shared by its three stage-0 parts.
+
+Its corpus is every word the world can say (captions of every medium, questions, answers, POPE and RobustVQA
+prompts, the paper's prompt presets and chat format), so the whole vocabulary fits in a few hundred tokens and
+most words are one token. Two flavours of the same vocabulary: the language model's (`<s>` before a text, as
+LLaMA's) and the text encoders' (`<s> text </s>`, whose `</s>` the CLIP text tower pools).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from processing.prompts_deem import PROMPT_PRESETS, SYSTEM_PROMPT
+
+from .datasets import MEDIUM
+from .scene import BACKGROUNDS, COLOURS, PLURALS, POSITIONS, SHAPES, SIZE_BINS, sample_scene
+from .text import DESCRIBE_PROMPTS, NUMBERS, caption, conversation, questions
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+VOCAB_SIZE = 508  # the language model's embedding has 512 rows: DEEM's <|startofimage|> and <|sniffer|> fit
+
+
+def corpus(num_scenes: int = 400, seed: int = 0) -> list[str]:
+    """Every kind of sentence the world produces, over a seeded sample of scenes, plus the word lists."""
+    rng = random.Random(f"toyworld:tokenizer:{seed}")
+    lines = [SYSTEM_PROMPT, "## USER:", "## ASSISTANT:", "yes", "no", "Yes", "No", *DESCRIBE_PROMPTS]
+    for template, prefix in PROMPT_PRESETS.values():
+        for shape in SHAPES:
+            lines.append(template.replace("{question}", f"What colour is the {shape}?").replace("{object}", shape))
+        lines.append(prefix)
+    words = [*SHAPES, *PLURALS.values(), *COLOURS, *BACKGROUNDS, *POSITIONS, *(n for n, _ in SIZE_BINS),
+             *NUMBERS.values(), *(str(n) for n in range(10))]
+    lines += [" ".join(words), " ".join(w.capitalize() for w in words)]
+    for _ in range(num_scenes):
+        scene = sample_scene(rng)
+        for medium in {*MEDIUM.values(), "picture"}:
+            lines.append(caption(scene, rng, medium))
+        lines += [f"{qa.question} {qa.answer}" for qa in questions(scene, rng)]
+        lines += [turn["value"] for turn in conversation(scene, rng)]
+    return lines
+
+
+def build(for_text_encoder: bool = False) -> PreTrainedTokenizerFast:
+    """The toy tokenizer (deterministic: same corpus, same merges); `for_text_encoder` appends `</s>`."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    bos, eos = SPECIAL_TOKENS.index("<s>"), SPECIAL_TOKENS.index("</s>")
+    single = "<s> $A </s>" if for_text_encoder else "<s> $A"
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=f"{single} $B", special_tokens=[("<s>", bos), ("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", model_max_length=1024)
+
+
+def save(folder: str | Path, for_text_encoder: bool = False) -> PreTrainedTokenizerFast:
+    tokenizer = build(for_text_encoder)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
