@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 from processing.prompts_deem import CHAT_TEMPLATE
 
@@ -92,7 +92,7 @@ def train(output_dir: str | Path, steps: int = 1500, batch_size: int = 32, lr: f
     held_out = [text for i in range(200) for text in documents(i, seed, "test")]
     model = LlamaForCausalLM(LlamaConfig(**LM_CONFIG))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     start, losses, batches = time.time(), [], []
     initial_perplexity = perplexity(model, tokenizer, held_out)
     model.train()

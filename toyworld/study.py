@@ -1,0 +1,224 @@
+"""The CSR study on the toy world (issue 14; the paper's Tables 6, 7 and 10 in miniature), from nothing.
+
+Stage 0 pretrains the parts DEEM takes as given (toy CLIP, toy Stable Diffusion, toy LM; skipped when their
+folders are there), builds the data (stage I captions, stage II instructions, half of them in Figure 8's layout) and the
+benchmarks (toy RobustVQA built by `build-robustvqa` with the toy CLIP on the renditions, toy POPE, toy VQA on
+photographs of the test split), assembles DEEM with `from_components`, then for every seed and λ_CSR runs stage I
+and stage II through `python -m trainers.train_deem` (the shipped recipes, scaled down by flags only) and
+evaluates both checkpoints with the real evaluators, plus the CSR path's reconstruction error.
+
+    python -m toyworld.study --output-dir outputs/toy-study                # λ_CSR 0 vs 5, seeds 0 1 2
+    python -m toyworld.study --output-dir outputs/toy-study --lambdas 0 1 5 10   # + the λ ablation
+
+Everything lands under --output-dir (stage0/, data/, bench/, runs/<λ>-<seed>/stage{1,2}/, results.json);
+`python -m toyworld.study_report` turns results.json into the table, the plot and the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .renditions import ROBUSTVQA_SOURCES
+
+STAGE0 = {"clip": "toyworld.clip", "lm": "toyworld.language_model", "sd": "toyworld.diffusion"}
+BENCHMARKS = ("robustvqa", "pope", "vqav2")
+
+
+@dataclass
+class StudySettings:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 5.0])
+    stage1_steps: int = 300
+    stage2_steps: int = 300
+    batch_size: int = 16
+    stage1_lr: float = 1e-3  # scales every group of the recipe (stage I: image side 1e-4 -> 1e-3, trunk 2e-5 -> 2e-4)
+    stage2_lr: float = 1e-3  # stage II: image side 1e-5 -> 1e-3, LLM 1e-6 -> 1e-4
+    stage1_rows: int = 4800
+    stage2_rows: int = 4800
+    eval_images: int = 60  # test photographs for VQA and POPE
+    robustvqa_per_class: int = 6  # images per shape and rendition kind, before keeping the CLIP-wrong ones
+    data_seed: int = 0
+    stage2_layout: str = "mixed"  # half plain LLaVA turns, half Figure 8's layout (what the evaluation asks)
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_stage0(root: Path) -> dict[str, Path]:
+    """The three parts, each by its own script (a subprocess with its log); a part already built is reused."""
+    parts = {}
+    for name, module in STAGE0.items():
+        folder = root / "stage0" / name
+        if not (folder / "report.json").exists():
+            _log(f"stage 0: {module}")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with open(root / "stage0" / f"{name}.log", "w") as log:
+                subprocess.run([sys.executable, "-m", module, "--output-dir", str(folder)], check=True, stdout=log,
+                               stderr=subprocess.STDOUT)
+        parts[name] = folder
+    return parts
+
+
+def build_data(root: Path, settings: StudySettings) -> dict[str, Path]:
+    """Training sets (save_to_disk folders for `--dataset`) and benchmark files; each built once."""
+    from .datasets import instructions, photographs, write_pope, write_vqa
+
+    data = {"stage1": root / "data" / "stage1", "stage2": root / "data" / "stage2"}
+    if not data["stage1"].exists():
+        _log("data: stage I captions")
+        photographs("train", num_rows=settings.stage1_rows, seed=settings.data_seed).save_to_disk(data["stage1"])
+    if not data["stage2"].exists():
+        _log("data: stage II instructions")
+        instructions("train", num_rows=settings.stage2_rows, seed=settings.data_seed,
+                     layout=settings.stage2_layout).save_to_disk(data["stage2"])
+    bench = {"pope": root / "bench" / "pope", "vqav2": root / "bench" / "vqa" / "toy_vqa_all.jsonl"}
+    if not bench["pope"].exists():
+        _log("benchmarks: POPE, VQA")
+        write_pope(bench["pope"], num_images=settings.eval_images, seed=settings.data_seed)
+        write_vqa(bench["vqav2"].parent, num_images=settings.eval_images, seed=settings.data_seed)
+    return {**data, **bench}
+
+
+def build_robustvqa(root: Path, clip: Path, settings: StudySettings) -> Path:
+    """Toy RobustVQA: one-object renditions in class folders per source (R / A / V), kept where the toy CLIP is
+    wrong, by the project's `build-robustvqa` (the paper's way); the three sources in one file."""
+    from evaluation.__main__ import build
+
+    from .clip import model_name
+    from .datasets import export_class_folders
+
+    output = root / "bench" / "robustvqa.jsonl"
+    if output.exists():
+        return output
+    rows = []
+    for source, kinds in ROBUSTVQA_SOURCES.items():
+        folder = (root / "bench" / "robustvqa" / source).resolve()
+        per_kind = max(1, settings.robustvqa_per_class * 3 // len(kinds))
+        for kind in kinds:
+            export_class_folders(folder, kind=kind, num_per_class=per_kind, seed=settings.data_seed)
+        part = root / "bench" / f"robustvqa_{source}.jsonl"
+        build(["--source", source, "--images", str(folder), "--output", str(part), "--clip-model",
+               model_name(clip), "--clip-pretrained", "", "--classes", str(folder / "classes.json")])
+        rows += part.read_text().splitlines()
+    output.write_text("".join(row + "\n" for row in rows))
+    return output
+
+
+def train_stage(stage: str, init: Path, output: Path, data: Path, csr: float, seed: int, steps: int,
+                settings: StudySettings, lr: float) -> Path:
+    """One stage through the training script, in this process (its argv is the command line a user would type)."""
+    from trainers.train_deem import main as train_deem
+
+    if (output / "model.safetensors").exists():
+        return output
+    argv = ["--stage", stage, "--model_name_or_path", str(init), "--dataset", str(data), "--output_dir", str(output),
+            "--image_size", "64", "--csr_loss_weight", str(csr), "--max_steps", str(steps),
+            "--per_device_train_batch_size", str(settings.batch_size), "--learning_rate", str(lr),
+            "--seed", str(seed), "--data_seed", str(seed), "--logging_steps", "20", "--save_strategy", "no",
+            "--report_to", "none", "--use_cpu", "--dataloader_num_workers", "0", "--dtype", "float32",
+            "--disable_tqdm", "true"]
+    _log(f"train: python -m trainers.train_deem {' '.join(argv)}")
+    train_deem(argv)
+    return output
+
+
+def evaluate(models: dict[str, Path], bench: dict[str, Path], results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every benchmark on every model with the project's evaluators (Figure 8 prompts, greedy); the summaries
+    are written under results_dir as `python -m evaluation` writes them."""
+    from evaluation.answering import ImageQuestionAnswerer
+    from evaluation.benchmarks import load_benchmark, run_benchmark
+    from evaluation.report import run_metadata, save_result
+
+    scores: dict[str, dict[str, Any]] = {name: {} for name in models}
+    for benchmark in BENCHMARKS:
+        loaded = load_benchmark(benchmark, bench[benchmark])
+        for name, folder in models.items():
+            answerer = ImageQuestionAnswerer(folder, max_new_tokens=8, batch_size=16, prompt="paper", task=benchmark)
+            result = run_benchmark(loaded, answerer, str(folder))
+            result.prompt = "paper"
+            save_result(result, results_dir, run_metadata(folder, answerer.generation_kwargs, "paper"))
+            scores[name][benchmark] = {k: v for k, v in result.scores.items() if isinstance(v, (int, float))}
+            _log(f"{name} {benchmark}: {scores[name][benchmark].get('accuracy')}")
+    return scores
+
+
+@torch.no_grad()
+def reconstruction_error(folder: Path, num_images: int = 16, seed: int = 0) -> float:
+    """Pixel MSE (0-1 scale) between held-out photographs and their CSR-path reconstructions."""
+    from .quality import reconstruction_mse
+
+    return reconstruction_mse(folder, num_images=num_images, seed=seed)
+
+
+def run_study(output_dir: str | Path, settings: StudySettings) -> dict[str, Any]:
+    from .assemble import assemble
+
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    torch.set_num_threads(2)
+    parts = run_stage0(root)
+    data = build_data(root, settings)
+    data["robustvqa"] = build_robustvqa(root, parts["clip"], settings)
+    results_path = root / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
+    results["settings"] = asdict(settings)
+    for seed in settings.seeds:
+        init = root / "runs" / f"init-{seed}"
+        if not (init / "model.safetensors").exists():
+            assemble(parts["clip"], parts["lm"], parts["sd"], seed=seed).save_pretrained(init)
+        for csr in settings.lambdas:
+            name = f"csr{csr:g}-seed{seed}"
+            if name in results["runs"]:
+                continue
+            run = root / "runs" / name
+            run_start = time.time()
+            stage1 = train_stage("stage1", init, run / "stage1", data["stage1"], csr, seed, settings.stage1_steps,
+                                 settings, settings.stage1_lr)
+            stage2 = train_stage("stage2", stage1, run / "stage2", data["stage2"], csr, seed, settings.stage2_steps,
+                                 settings, settings.stage2_lr)
+            train_seconds = time.time() - run_start
+            scores = evaluate({"stage1": stage1, "stage2": stage2}, data, root / "evaluation")
+            for stage, folder in (("stage1", stage1), ("stage2", stage2)):
+                scores[stage]["reconstruction_mse"] = reconstruction_error(folder)
+            results["runs"][name] = {"csr_loss_weight": csr, "seed": seed, "scores": scores,
+                                     "train_seconds": round(train_seconds, 1),
+                                     "seconds": round(time.time() - run_start, 1)}
+            results_path.write_text(json.dumps(results, indent=2))  # after every run: an interrupted study resumes
+            _log(f"{name}: {json.dumps(scores)}")
+    results["total_seconds_this_invocation"] = round(time.time() - start, 1)
+    results_path.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m toyworld.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", required=True)
+    defaults = StudySettings()
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            parser.add_argument(flag, type=type(value[0]), nargs="+", default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    output_dir = args.pop("output_dir")
+    results = run_study(output_dir, StudySettings(**args))
+    from .study_report import write_report
+
+    print(write_report(output_dir))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The CSR study's report: mean ± std over seeds per λ_CSR and stage, a plot with the spread, and a verdict
+computed from the numbers (a difference counts only where it exceeds twice its standard error).
+
+    python -m toyworld.study_report outputs/toy-study      # writes TOY_STUDY.md and toy_study.png there
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+# (label, benchmark, score key, higher is better)
+METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("RobustVQA-toy acc", "robustvqa", "accuracy", True),
+    ("RobustVQA-toy R", "robustvqa", "accuracy_R", True),
+    ("RobustVQA-toy A", "robustvqa", "accuracy_A", True),
+    ("RobustVQA-toy V", "robustvqa", "accuracy_V", True),
+    ("POPE-toy acc", "pope", "accuracy", True),
+    ("POPE-toy F1", "pope", "f1", True),
+    ("POPE-toy adversarial F1", "pope", "adversarial_f1", True),
+    ("POPE-toy yes-ratio", "pope", "yes_ratio", None),
+    ("VQA-toy acc (in-distribution)", "vqav2", "accuracy", True),
+    ("CSR reconstruction MSE", "reconstruction_mse", "", False),
+)
+PLOTTED = ("RobustVQA-toy acc", "POPE-toy acc", "VQA-toy acc (in-distribution)")
+
+
+def _value(scores: dict[str, Any], benchmark: str, key: str) -> float | None:
+    value = scores.get(benchmark)
+    if isinstance(value, dict):
+        value = value.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def aggregate(results: dict[str, Any]) -> dict[tuple[float, str, str], list[float]]:
+    """(λ, stage, metric label) → the values over seeds."""
+    table: dict[tuple[float, str, str], list[float]] = {}
+    for run in results["runs"].values():
+        for stage, scores in run["scores"].items():
+            for label, benchmark, key, _ in METRICS:
+                value = _value(scores, benchmark, key)
+                if value is not None:
+                    table.setdefault((run["csr_loss_weight"], stage, label), []).append(value)
+    return table
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def verdict(table: dict[tuple[float, str, str], list[float]], off: float, on: float) -> list[str]:
+    """One sentence per (stage, metric): the difference CSR on − off and whether it exceeds 2 standard errors."""
+    lines = []
+    for stage in ("stage1", "stage2"):
+        for label, _, _, higher in METRICS:
+            a, b = table.get((off, stage, label)), table.get((on, stage, label))
+            if not a or not b or higher is None:
+                continue
+            (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+            diff = mb - ma
+            se = (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+            better = diff > 0 if higher else diff < 0
+            if len(a) > 1 and len(b) > 1 and abs(diff) > 2 * se and diff != 0:
+                word = "better" if better else "worse"
+                lines.append(f"{stage}, {label}: CSR on is {word} ({mb:.3f} vs {ma:.3f}, difference {diff:+.3f}, "
+                             f"2 SE = {2 * se:.3f}).")
+            else:
+                lines.append(f"{stage}, {label}: no difference beyond the seeds' spread ({mb:.3f} vs {ma:.3f}, "
+                             f"difference {diff:+.3f}, 2 SE = {2 * se:.3f}).")
+    return lines
+
+
+def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float], path: Path) -> Path:
+    """Grouped bars (one group per stage × plotted metric, one bar per λ) with ±1 std whiskers and the seeds' dots."""
+    groups = [(stage, label) for stage in ("stage1", "stage2") for label in PLOTTED]
+    bar, gap, height, bottom, top = 26, 34, 360, 300, 40
+    width = 60 + len(groups) * (len(lambdas) * bar + gap)
+    image = Image.new("RGB", (width, height + 40), "white")
+    draw = ImageDraw.Draw(image)
+    palette = [(150, 150, 150), (70, 110, 200), (220, 120, 50), (80, 170, 90)]
+    draw.text((10, 8), "toy DEEM, λ_CSR ablation: mean ± std over seeds (dots: seeds)", fill="black")
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = bottom - tick * (bottom - top)
+        draw.line([(40, y), (width - 10, y)], fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{tick:.2f}", fill="black")
+    x = 50
+    for stage, label in groups:
+        for index, lam in enumerate(lambdas):
+            values = table.get((lam, stage, label), [])
+            if values:
+                mean, std = mean_std(values)
+                y = bottom - mean * (bottom - top)
+                draw.rectangle([x, y, x + bar - 4, bottom], fill=palette[index % len(palette)])
+                y_lo, y_hi = bottom - (mean - std) * (bottom - top), bottom - (mean + std) * (bottom - top)
+                centre = x + (bar - 4) / 2
+                draw.line([(centre, y_lo), (centre, y_hi)], fill="black", width=2)
+                for v in values:
+                    vy = bottom - v * (bottom - top)
+                    draw.ellipse([centre - 2, vy - 2, centre + 2, vy + 2], outline="black")
+            x += bar
+        draw.text((x - len(lambdas) * bar, bottom + 6), stage.replace("stage", "st. "), fill="black")
+        draw.text((x - len(lambdas) * bar, bottom + 20), label.split(" (")[0].replace("-toy", "")[:16], fill="black")
+        x += gap
+    for index, lam in enumerate(lambdas):
+        draw.rectangle([60 + index * 110, height + 10, 72 + index * 110, height + 22], fill=palette[index % 4])
+        draw.text((78 + index * 110, height + 10), f"λ_CSR = {lam:g}", fill="black")
+    image.save(path)
+    return path
+
+
+def write_report(folder: str | Path) -> str:
+    folder = Path(folder)
+    results = json.loads((folder / "results.json").read_text())
+    table = aggregate(results)
+    lambdas = sorted({run["csr_loss_weight"] for run in results["runs"].values()})
+    seeds = sorted({run["seed"] for run in results["runs"].values()})
+    lines = [f"Seeds {seeds}; λ_CSR {[f'{lam:g}' for lam in lambdas]}; values mean ± std over seeds.", "",
+             "| stage | metric | " + " | ".join(f"λ_CSR = {lam:g}" for lam in lambdas) + " |",
+             "|---|---|" + "---|" * len(lambdas)]
+    for stage in ("stage1", "stage2"):
+        for label, *_ in METRICS:
+            cells = []
+            for lam in lambdas:
+                values = table.get((lam, stage, label))
+                cells.append("—" if not values else "{:.3f} ± {:.3f}".format(*mean_std(values)))
+            lines.append(f"| {stage} | {label} | " + " | ".join(cells) + " |")
+    if 0.0 in lambdas and len(lambdas) > 1:
+        lines += ["", "Computed verdict (CSR on = λ_CSR 5 if run, else the largest λ, vs off = 0):", ""]
+        on = 5.0 if 5.0 in lambdas else max(lambdas)
+        lines += [f"- {line}" for line in verdict(table, 0.0, on)]
+    seconds = sum(run.get("seconds", 0) for run in results["runs"].values())
+    lines += ["", f"Training + evaluation time of the runs on this machine: {seconds / 60:.1f} min."]
+    text = "\n".join(lines) + "\n"
+    (folder / "TOY_STUDY.md").write_text(text)
+    plot(table, lambdas, folder / "toy_study.png")
+    return text
+
+
+if __name__ == "__main__":
+    print(write_report(sys.argv[1]))
