@@ -92,8 +92,8 @@ def clip_caption(caption: str, shapes: list[str], rng: random.Random) -> str:
     return f"A photo of {names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' and ' + names[-1]}."
 
 
-def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
-          log_every: int = 50, eval_images: int = 200) -> dict[str, Any]:
+def train(output_dir: str | Path, steps: int = 700, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,
+          log_every: int = 50, eval_images: int = 200, pool_size: int | None = None) -> dict[str, Any]:
     """Contrastive training on photographs and their captions; saves the model folder and a report."""
     import open_clip
 
@@ -106,14 +106,16 @@ def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: fl
     preprocess = open_clip.image_transform(size, is_train=False)
     tokenizer = open_clip.tokenizer.HFTokenizer(str(save(model, output_dir)),
                                                 context_length=TOY_CLIP_CONFIG["text_cfg"]["context_length"])
-    data = photographs("train", num_rows=steps * batch_size, seed=seed)
+    # `pool_size` rows rendered once and cycled through (random crops vary them); default: a fresh row every time.
+    num_rows = min(steps * batch_size, pool_size or steps * batch_size)
+    data = photographs("train", num_rows=num_rows, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     criterion = open_clip.ClipLoss()
     losses, start = [], time.time()
     model.train()
     for step in range(steps):
-        rows = data[step * batch_size : (step + 1) * batch_size]
+        rows = data.select([(step * batch_size + i) % num_rows for i in range(batch_size)])[:]
         pixels = torch.stack([preprocess_train(images[0]) for images in rows["images"]])
         captions = [clip_caption(c, shapes, rng) for c, shapes in zip(rows["caption"], rows["shapes"])]
         out = model(pixels, tokenizer(captions))
@@ -139,12 +141,13 @@ def train(output_dir: str | Path, steps: int = 600, batch_size: int = 64, lr: fl
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m toyworld.clip", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=5e-4)  # 1e-3 and 2e-3 collapse to a constant embedding
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-size", type=int, default=None, help="render this many rows once and cycle them")
     args = parser.parse_args(argv)
-    report = train(args.output_dir, args.steps, args.batch_size, args.lr, args.seed)
+    report = train(args.output_dir, args.steps, args.batch_size, args.lr, args.seed, pool_size=args.pool_size)
     print(json.dumps(report, indent=2))
     return report
 

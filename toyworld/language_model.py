@@ -13,6 +13,7 @@ answer formats, and what a blind guesser can (the most common answers); seeing i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -49,10 +50,15 @@ def documents(index: int, seed: int = 0, split: str = "train") -> list[str]:
     return texts
 
 
-def _render_chat(messages: list[dict[str, str]]) -> str:
+@functools.cache
+def _chat_template() -> Any:
     from jinja2 import Template
 
-    return Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=False)
+    return Template(CHAT_TEMPLATE)
+
+
+def _render_chat(messages: list[dict[str, str]]) -> str:
+    return _chat_template().render(messages=messages, add_generation_prompt=False)
 
 
 def _batches(tokenizer: Any, texts: list[str], batch_size: int, rng: random.Random) -> list[dict[str, torch.Tensor]]:
@@ -80,7 +86,7 @@ def perplexity(model: LlamaForCausalLM, tokenizer: Any, texts: list[str], batch_
     return math.exp(total / count)
 
 
-def train(output_dir: str | Path, steps: int = 1500, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+def train(output_dir: str | Path, steps: int = 400, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
           num_rows: int = 4000, log_every: int = 100) -> dict[str, Any]:
     """Next-token training on the world's text; saves the model, tokenizer and chat template, and a report."""
     torch.manual_seed(seed)
@@ -131,7 +137,7 @@ def load(folder: str | Path) -> LlamaForCausalLM:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m toyworld.language_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """The CSR study's report: mean ± std over seeds per λ_CSR and stage, a plot with the spread, and a verdict
 computed from the numbers (a difference counts only where it exceeds twice its standard error).
 
-    python -m toyworld.study_report outputs/toy-study      # writes TOY_STUDY.md and toy_study.png there
+    python -m toyworld.study_report outputs/toy-study [docs]  # TOY_STUDY.md and toy_study.png there (+ docs/)
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float],
     return path
 
 
-def write_report(folder: str | Path) -> str:
+def write_report(folder: str | Path, docs_dir: str | Path | None = None) -> str:
+    """TOY_STUDY.md and toy_study.png in the study folder (and copies in `docs_dir`)."""
     folder = Path(folder)
     results = json.loads((folder / "results.json").read_text())
     table = aggregate(results)
@@ -134,12 +135,20 @@ def write_report(folder: str | Path) -> str:
         on = 5.0 if 5.0 in lambdas else max(lambdas)
         lines += [f"- {line}" for line in verdict(table, 0.0, on)]
     seconds = sum(run.get("seconds", 0) for run in results["runs"].values())
-    lines += ["", f"Training + evaluation time of the runs on this machine: {seconds / 60:.1f} min."]
+    stage0 = {part: json.loads((folder / "stage0" / part / "report.json").read_text()).get("seconds", 0)
+              for part in ("clip", "lm", "sd") if (folder / "stage0" / part / "report.json").exists()}
+    lines += ["", f"Time on this machine (2 CPU cores): stage 0 {sum(stage0.values()) / 60:.1f} min "
+                  f"({', '.join(f'{k} {v / 60:.1f}' for k, v in stage0.items())}); the {len(results['runs'])} runs' "
+                  f"training and evaluation {seconds / 60:.1f} min; data and benchmark building not counted."]
     text = "\n".join(lines) + "\n"
     (folder / "TOY_STUDY.md").write_text(text)
     plot(table, lambdas, folder / "toy_study.png")
+    if docs_dir is not None:
+        Path(docs_dir).mkdir(parents=True, exist_ok=True)
+        (Path(docs_dir) / "toy_study_results.md").write_text(text)
+        plot(table, lambdas, Path(docs_dir) / "toy_study.png")
     return text
 
 
 if __name__ == "__main__":
-    print(write_report(sys.argv[1]))
+    print(write_report(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

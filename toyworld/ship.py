@@ -1,0 +1,80 @@
+"""Copy a study's trained toy DEEM and its stage-0 parts into the repository (`hub_configs/deem-toy/`), as float16
+safetensors to keep the repository small (the originals are float32; loading with `dtype=torch.float32` gives
+float32 weights back, rounded to float16's precision).
+
+    python -m toyworld.ship --study outputs/toy-study --run csr5-seed0 --output hub_configs/deem-toy
+
+The study reproduces everything from its seeds (`python -m toyworld.study`), so the shipped files are the same
+on every run of that command with the same settings, thread count and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from modeling_deem import DeemForConditionalGeneration
+
+STAGE0_PARTS = ("clip", "lm", "sd")
+
+
+def _halve_safetensors(folder: Path) -> None:
+    """Every float32 tensor of every safetensors file under `folder` to float16, in place."""
+    for path in folder.rglob("*.safetensors"):
+        tensors = load_file(path)
+        save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, path,
+                  metadata={"format": "pt"})
+    for config in folder.rglob("config.json"):
+        data = json.loads(config.read_text())
+        for key in ("torch_dtype", "dtype"):
+            if data.get(key) == "float32":
+                data[key] = "float16"
+        config.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def ship(study: str | Path, run: str, output: str | Path) -> dict[str, float]:
+    """Writes `output/` (the stage-II DEEM of `run`, without the code copies: the package provides the classes)
+    and `output/stage0/{clip,lm,sd}`; returns the sizes in MB."""
+    study, output = Path(study), Path(output)
+    if output.exists():
+        shutil.rmtree(output)
+    model = DeemForConditionalGeneration.from_pretrained(study / "runs" / run / "stage2", dtype=torch.float32)
+    model.to(torch.float16).save_pretrained(output)
+    for copied in output.glob("*.py"):
+        copied.unlink()
+    for name in ("config.json", "processor_config.json", "tokenizer_config.json"):
+        path = output / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            data.pop("auto_map", None)
+            path.write_text(json.dumps(data, indent=2) + "\n")
+    for part in STAGE0_PARTS:
+        shutil.copytree(study / "stage0" / part, output / "stage0" / part,
+                        ignore=shutil.ignore_patterns("*.log", "samples.json"))
+        _halve_safetensors(output / "stage0" / part)
+    (output / "stage0" / "settings.json").write_text(json.dumps(
+        {"study": json.loads((study / "results.json").read_text())["settings"], "run": run}, indent=2) + "\n")
+    sizes = {str(path.relative_to(output)): round(path.stat().st_size / 2**20, 2)
+             for path in sorted(output.rglob("*.safetensors"))}
+    sizes["total"] = round(sum(p.stat().st_size for p in output.rglob("*") if p.is_file()) / 2**20, 2)
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog="python -m toyworld.ship", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--run", default="csr5-seed0")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    sizes = ship(args.study, args.run, args.output)
+    print(json.dumps(sizes, indent=2))
+    return sizes
+
+
+if __name__ == "__main__":
+    main()
