@@ -25,9 +25,13 @@ TOY_DEEM_CONFIG: dict[str, Any] = {
     "num_image_tokens": 16,
     "decoder_image_size": IMAGE_SIZE,
     "vision_config": {"hidden_size": 64, "feature_levels": [2, 3], "image_size": IMAGE_SIZE},
+    # BERT's initializer_range 0.02 suits width 768-1024 (a value projection's output then has std ~0.6); at width
+    # 64 it leaves the cross-attention's image-dependent part ~0.4 % of the resampler's output, so every image
+    # gives nearly the same tokens and DEEM trains blind. 0.1 (~1/sqrt(64)) makes it ~10 %.
     "resampler_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                         "intermediate_size": 128},
-    "condition_resampler_config": {"num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128},
+                         "intermediate_size": 128, "initializer_range": 0.1},
+    "condition_resampler_config": {"num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128,
+                                   "initializer_range": 0.1},
     "mmfs_config": {"cross_attention_frequency": 2, "num_heads": 4, "num_points": 2, "attention_dim": 64,
                     "max_images": 4, "decoder_max_images": 2},
 }
