@@ -23,6 +23,9 @@ IMAGE_SIZE = 64
 # MMFS on every 2nd LLM layer (4th) with 4 heads and 2 points (16, 8).
 TOY_DEEM_CONFIG: dict[str, Any] = {
     "num_image_tokens": 16,
+    # DEEM's own layers (image_to_text, ...) start at std 0.005, so the image tokens enter the LLM at its
+    # embeddings' scale (mean |x| ~0.02) instead of ~6x above it, where training first learned to ignore them.
+    "initializer_range": 0.005,
     "decoder_image_size": IMAGE_SIZE,
     "vision_config": {"hidden_size": 64, "feature_levels": [2, 3], "image_size": IMAGE_SIZE},
     # BERT's initializer_range 0.02 suits width 768-1024 (a value projection's output then has std ~0.6); at width

@@ -37,13 +37,13 @@ BENCHMARKS = ("robustvqa", "pope", "vqav2")
 class StudySettings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     lambdas: list[float] = field(default_factory=lambda: [5.0, 0.0])
-    stage1_steps: int = 80
-    stage2_steps: int = 80
+    stage1_steps: int = 300
+    stage2_steps: int = 300
     batch_size: int = 8
     stage1_lr: float = 1e-3  # scales every group of the recipe (stage I: image side 1e-4 -> 1e-3, trunk 2e-5 -> 2e-4)
     stage2_lr: float = 1e-3  # stage II: image side 1e-5 -> 1e-3, LLM 1e-6 -> 1e-4
-    stage1_rows: int = 640  # one epoch of each stage
-    stage2_rows: int = 640
+    stage1_rows: int = 2400  # one epoch of each stage
+    stage2_rows: int = 2400
     eval_images: int = 48  # test photographs for VQA and POPE
     robustvqa_per_class: int = 4  # per shape and source (split over its rendition kinds), before CLIP's filter
     data_seed: int = 0
