@@ -1,0 +1,84 @@
+"""The toy study's plumbing (issue 14): its report (mean ± std, verdict, plot), the ship script, the training
+script's loss-weight flags and the Figure 8 conversation layout."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from toyworld.datasets import base_scene, instructions
+from toyworld.study_report import write_report
+from toyworld.text import paper_conversation
+from trainers.train_deem import StageArguments
+
+
+def _results(folder, on_scores, off_scores):
+    runs = {}
+    for seed, (on, off) in enumerate(zip(on_scores, off_scores)):
+        for lam, value in ((5.0, on), (0.0, off)):
+            scores = {"robustvqa": {"accuracy": value}, "pope": {"accuracy": 0.5, "f1": 0.6, "yes_ratio": 1.0},
+                      "vqav2": {"accuracy": 0.3}, "reconstruction_mse": 0.03}
+            runs[f"csr{lam:g}-seed{seed}"] = {"csr_loss_weight": lam, "seed": seed, "seconds": 60,
+                                              "scores": {"stage1": scores, "stage2": scores}}
+    (folder / "results.json").write_text(json.dumps({"runs": runs, "settings": {}}))
+
+
+def test_report_gives_mean_std_a_verdict_from_the_spread_and_a_plot(tmp_path):
+    _results(tmp_path, on_scores=[0.70, 0.72, 0.71], off_scores=[0.50, 0.52, 0.51])
+    text = write_report(tmp_path, tmp_path / "docs")
+    assert "| stage2 | RobustVQA-toy acc | 0.510 ± 0.010 | 0.710 ± 0.010 |" in text  # λ 0, then 5
+    assert "stage2, RobustVQA-toy acc: CSR on is better (0.710 vs 0.510" in text
+    assert "stage2, VQA-toy acc (in-distribution): no difference beyond the seeds' spread" in text
+    assert Image.open(tmp_path / "docs" / "toy_study.png").size[0] > 300
+    assert (tmp_path / "docs" / "toy_study_results.md").read_text() == text
+
+
+def test_report_calls_an_overlapping_difference_no_difference(tmp_path):
+    _results(tmp_path, on_scores=[0.4, 0.7, 0.55], off_scores=[0.5, 0.6, 0.45])
+    assert "stage1, RobustVQA-toy acc: no difference beyond the seeds' spread" in write_report(tmp_path)
+
+
+def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor):
+    from toyworld.ship import ship
+
+    study = tmp_path / "study"
+    tiny_model.processor = processor
+    tiny_model.save_pretrained(study / "runs" / "csr5-seed0" / "stage2")
+    for part in ("clip", "lm", "sd/unet"):
+        (study / "stage0" / part).mkdir(parents=True)
+        torch.manual_seed(0)
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.randn(4, 4)}, study / "stage0" / part / "model.safetensors")
+        (study / "stage0" / part / "config.json").write_text(json.dumps({"torch_dtype": "float32"}))
+    (study / "results.json").write_text(json.dumps({"settings": {"seeds": [0]}, "runs": {}}))
+    sizes = ship(study, "csr5-seed0", tmp_path / "shipped")
+    out = tmp_path / "shipped"
+    assert not list(out.glob("*.py")) and "auto_map" not in json.loads((out / "config.json").read_text())
+    assert all(v.dtype == torch.float16 for v in load_file(out / "model.safetensors").values() if v.is_floating_point())
+    assert load_file(out / "stage0" / "sd" / "unet" / "model.safetensors")["w"].dtype == torch.float16
+    assert json.loads((out / "stage0" / "lm" / "config.json").read_text())["torch_dtype"] == "float16"
+    assert sizes["total"] > 0
+
+
+def test_loss_weight_flags_override_the_stage_and_refuse_negatives():
+    recipe = StageArguments(stage="stage1", csr_loss_weight=0.0).recipe()
+    assert recipe.csr_loss_weight == 0.0 and recipe.nip_loss_weight == 5.0 and recipe.name == "stage1"
+    with pytest.raises(ValueError, match="must be >= 0"):
+        StageArguments(stage="stage2", nip_loss_weight=-1.0).recipe()
+
+
+def test_paper_layout_conversations_use_figure_8_prompts():
+    turns = paper_conversation(base_scene(3), random.Random(0))
+    assert turns[0]["value"].startswith("Based on the image, please answer the question.")
+    assert "<image>" in turns[0]["value"] and all("<image>" not in t["value"] for t in turns[1:])
+    assert all(t["value"].startswith("The answer is ") for t in turns[1::2])
+    rows = instructions(num_rows=4, layout="mixed")
+    assert {m["role"] for m in rows[0]["messages"]} == {"user", "assistant"}
+    with pytest.raises(ValueError, match="Unknown conversation layout"):
+        instructions(num_rows=1, layout="figure8")
