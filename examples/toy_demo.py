@@ -26,27 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 from transformers import AutoModel, pipeline, set_seed  # noqa: E402
 
+from examples.deem_demo import image_grid  # noqa: E402
 from modeling_deem import DeemForConditionalGeneration  # noqa: E402
 from toyworld.datasets import instructions, rng_for, shown_scene  # noqa: E402
 from toyworld.text import caption, questions  # noqa: E402
 from trainers import STAGES, DeemDataCollator, DeemTrainer  # noqa: E402
 
 ASKED = ("colour", "shape", "count")  # one-word answers a person can check at a glance
-
-
-def image_grid(rows: list[tuple[str, list[Image.Image]]], cell: int = 96) -> Image.Image:
-    """Labelled rows of images, each scaled to `cell` pixels."""
-    width = max(len(images) for _, images in rows)
-    grid = Image.new("RGB", (120 + width * cell, len(rows) * cell), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (label, images) in enumerate(rows):
-        draw.text((4, r * cell + cell // 2 - 6), label, fill="black")
-        for c, image in enumerate(images):
-            grid.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (120 + c * cell, r * cell))
-    return grid
 
 
 def test_questions(num_images: int, seed: int) -> list[dict]:
