@@ -83,7 +83,7 @@ def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float],
     image = Image.new("RGB", (width, height + 40), "white")
     draw = ImageDraw.Draw(image)
     palette = [(150, 150, 150), (70, 110, 200), (220, 120, 50), (80, 170, 90)]
-    draw.text((10, 8), "toy DEEM, λ_CSR ablation: mean ± std over seeds (dots: seeds)", fill="black")
+    draw.text((10, 8), "toy DEEM, lambda_CSR ablation: mean +- std over seeds (dots: seeds)", fill="black")  # PIL's default font has no λ
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = bottom - tick * (bottom - top)
         draw.line([(40, y), (width - 10, y)], fill=(225, 225, 225))
@@ -108,7 +108,7 @@ def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float],
         x += gap
     for index, lam in enumerate(lambdas):
         draw.rectangle([60 + index * 110, height + 10, 72 + index * 110, height + 22], fill=palette[index % 4])
-        draw.text((78 + index * 110, height + 10), f"λ_CSR = {lam:g}", fill="black")
+        draw.text((78 + index * 110, height + 10), f"lambda_CSR = {lam:g}", fill="black")
     image.save(path)
     return path
 
