@@ -82,3 +82,12 @@ def test_paper_layout_conversations_use_figure_8_prompts():
     assert {m["role"] for m in rows[0]["messages"]} == {"user", "assistant"}
     with pytest.raises(ValueError, match="Unknown conversation layout"):
         instructions(num_rows=1, layout="figure8")
+
+
+def test_reconstruction_mse_compares_held_out_photos_with_their_csr_rebuilds(tiny_model, processor):
+    from toyworld.quality import reconstruction_mse
+
+    tiny_model.processor = processor
+    error = reconstruction_mse(tiny_model, num_images=2, steps=2)
+    assert 0.0 < error < 1.0
+    assert reconstruction_mse(tiny_model, num_images=2, steps=2) == error  # seeded sampling

@@ -19,8 +19,16 @@ from datasets import Dataset, Features, Image, IterableDataset, List, Value
 
 from .renditions import RENDITIONS, apply_rendition
 from .scene import SHAPES, Factors, Scene, render, sample_scene
-from .text import (POPE_SPLITS, ShapeStats, caption, conversation, paper_conversation, pope_questions, questions,
-                   scene_summary)
+from .text import (
+    POPE_SPLITS,
+    ShapeStats,
+    caption,
+    conversation,
+    paper_conversation,
+    pope_questions,
+    questions,
+    scene_summary,
+)
 
 IMAGE_MARKER = "<image>"
 MEDIUM = {"photo": "photo", "outline": "line drawing", "stripes": "striped drawing", "dots": "dotted drawing"}

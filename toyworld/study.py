@@ -154,16 +154,9 @@ def evaluate(models: dict[str, Path], bench: dict[str, Path], results_dir: Path)
     return scores
 
 
-@torch.no_grad()
-def reconstruction_error(folder: Path, num_images: int = 16, seed: int = 0) -> float:
-    """Pixel MSE (0-1 scale) between held-out photographs and their CSR-path reconstructions."""
-    from .quality import reconstruction_mse
-
-    return reconstruction_mse(folder, num_images=num_images, seed=seed)
-
-
 def run_study(output_dir: str | Path, settings: StudySettings) -> dict[str, Any]:
     from .assemble import assemble
+    from .quality import reconstruction_mse
 
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -192,7 +185,7 @@ def run_study(output_dir: str | Path, settings: StudySettings) -> dict[str, Any]
             train_seconds = time.time() - run_start
             scores = evaluate({"stage1": stage1, "stage2": stage2}, data, root / "evaluation")
             for stage, folder in (("stage1", stage1), ("stage2", stage2)):
-                scores[stage]["reconstruction_mse"] = reconstruction_error(folder)
+                scores[stage]["reconstruction_mse"] = reconstruction_mse(folder, num_images=16)
             results["runs"][name] = {"csr_loss_weight": csr, "seed": seed, "scores": scores,
                                      "train_seconds": round(train_seconds, 1),
                                      "seconds": round(time.time() - run_start, 1)}
