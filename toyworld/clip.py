@@ -115,7 +115,7 @@ def train(output_dir: str | Path, steps: int = 700, batch_size: int = 64, lr: fl
     losses, start = [], time.time()
     model.train()
     for step in range(steps):
-        rows = data.select([(step * batch_size + i) % num_rows for i in range(batch_size)])[:]
+        rows = data[[(step * batch_size + i) % num_rows for i in range(batch_size)]]
         pixels = torch.stack([preprocess_train(images[0]) for images in rows["images"]])
         captions = [clip_caption(c, shapes, rng) for c, shapes in zip(rows["caption"], rows["shapes"])]
         out = model(pixels, tokenizer(captions))

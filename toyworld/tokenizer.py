@@ -8,6 +8,7 @@ LLaMA's) and the text encoders' (`<s> text </s>`, whose `</s>` the CLIP text tow
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -44,14 +45,21 @@ def corpus(num_scenes: int = 400, seed: int = 0) -> list[str]:
     return lines
 
 
-def build(for_text_encoder: bool = False) -> PreTrainedTokenizerFast:
-    """The toy tokenizer (deterministic: same corpus, same merges); `for_text_encoder` appends `</s>`."""
+@functools.cache
+def _trained_bpe() -> str:
+    """The trained BPE as JSON: training takes seconds and gives the same merges every time, so once a process."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    return tokenizer.to_str()
+
+
+def build(for_text_encoder: bool = False) -> PreTrainedTokenizerFast:
+    """The toy tokenizer (a fresh object each call); `for_text_encoder` appends `</s>`."""
+    tokenizer = Tokenizer.from_str(_trained_bpe())
     bos, eos = SPECIAL_TOKENS.index("<s>"), SPECIAL_TOKENS.index("</s>")
     single = "<s> $A </s>" if for_text_encoder else "<s> $A"
     tokenizer.post_processor = processors.TemplateProcessing(
