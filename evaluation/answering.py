@@ -13,6 +13,8 @@ process answers its own shard of images and the main process gathers everything.
 
 from __future__ import annotations
 
+import copy
+
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,16 @@ class Question:
     text: str
 
 
+def _checked_task(task: str, prompt: str) -> str:
+    """A benchmark's task name, refused when the paper prompt style has no template for it."""
+    from processing.prompts_deem import QUESTION_TEMPLATES  # `processing` imports the model code: only when used
+
+    task = BENCHMARK_TASKS.get(task, task)
+    if prompt == "paper" and task not in QUESTION_TEMPLATES:
+        raise ValueError(f"No paper prompt for task {task!r}; known: {', '.join(QUESTION_TEMPLATES)}.")
+    return task
+
+
 class ImageQuestionAnswerer:
     """Loads a folder or hub id with `AutoProcessor` + `AutoModelForImageTextToText` (remote code allowed).
 
@@ -46,13 +58,9 @@ class ImageQuestionAnswerer:
                  dtype: torch.dtype | None = None, prompt: str = "paper", task: str = "vqa") -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from processing.prompts_deem import QUESTION_TEMPLATES  # `processing` imports the model code: only when used
-
         if prompt not in PROMPT_STYLES:
             raise ValueError(f"Unknown prompt style {prompt!r}; choose from {', '.join(PROMPT_STYLES)}.")
-        task = BENCHMARK_TASKS.get(task, task)
-        if prompt == "paper" and task not in QUESTION_TEMPLATES:
-            raise ValueError(f"No paper prompt for task {task!r}; known: {', '.join(QUESTION_TEMPLATES)}.")
+        task = _checked_task(task, prompt)
         self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
         self.model = AutoModelForImageTextToText.from_pretrained(model, trust_remote_code=True, dtype=dtype).eval()
         if device is not None:
@@ -66,6 +74,12 @@ class ImageQuestionAnswerer:
         self.is_deem = getattr(self.model.config, "model_type", None) == "deem"
         # A diffusion backbone conditions the image features on the question's user turn: nothing to reuse there.
         self.reuses_image_features = self.is_deem and not hasattr(self.model, "diffusion_features")
+
+    def for_task(self, task: str) -> ImageQuestionAnswerer:
+        """This answerer (the same loaded model and processor, no reload) asking another benchmark's questions."""
+        other = copy.copy(self)
+        other.task = _checked_task(task, self.prompt_style)
+        return other
 
     def prompt(self, question: str) -> str:
         """The whole prompt text for one question, in this answerer's style (see the module docstring)."""

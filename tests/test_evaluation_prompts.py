@@ -78,3 +78,14 @@ def test_the_results_file_records_the_prompt(models, data, tmp_path, style):  # 
     assert run["prompt"] == style
     assert ("The answer is" in run["prompt_template"]) == (style == "paper")
     assert run["decoding"]["do_sample"] is False and run["decoding"]["num_beams"] == 1
+
+
+def test_for_task_reuses_the_loaded_model_with_the_other_benchmarks_prompt(models):  # noqa: F811
+    pope = ImageQuestionAnswerer(models / "deem-tiny", task="pope")
+    vqa = pope.for_task("vqav2")
+    assert vqa.model is pope.model and vqa.processor is pope.processor  # no second load
+    assert vqa.task == "vqa" and pope.task == "pope"  # the original keeps its own
+    question = VQA_QUESTION.format(question="What colour?")
+    assert vqa.prompt(question) == vqa.processor.prompt("vqa", question="What colour?")
+    with pytest.raises(ValueError, match="No paper prompt for task 'nope'"):
+        pope.for_task("nope")

@@ -24,3 +24,22 @@ def test_toy_clip_trains_saves_and_loads_back_through_open_clip_and_deem(tmp_pat
     assert torch.equal(trunk_state["stem.0.weight"], trained["visual.trunk.stem.0.weight"])
     with pytest.raises(ValueError, match="holds its own weights"):
         _open_clip_trunk(toy_clip.model_name(tmp_path), "laion2b", {})
+
+
+def test_toy_clip_captions_mostly_leave_the_background_out():
+    import random
+
+    from toyworld.datasets import base_scene
+    from toyworld.text import caption
+
+    rng, texts = random.Random(0), []
+    for index in range(300):
+        scene = base_scene(index)
+        full = caption(scene, random.Random(index))
+        texts.append((toy_clip.clip_caption(full, scene, rng), full, scene))
+    full_share = sum(text == full for text, full, _ in texts) / len(texts)
+    assert 0.2 < full_share < 0.4  # FULL_CAPTION_PROB 0.3
+    for text, full, scene in texts:
+        assert all(shape in text for shape in scene.shapes)  # every variant names every shape
+        if text != full:
+            assert "background" not in text

@@ -178,3 +178,18 @@ def test_exports_load_in_the_evaluation_formats(tmp_path: Path) -> None:
     assert all(len(list((folder / c["folder"]).glob("*.png"))) == 2 for c in classes)
     ds = tw.pope("adversarial", num_images=3)
     assert set(ds["label"]) == {"yes", "no"} and set(ds["split"]) == {"adversarial"}
+
+
+def test_toy_tokenizer_gives_the_chat_format_and_the_world_words_tokens_of_their_own() -> None:
+    from processing.prompts_deem import PROMPT_PRESETS
+    from toyworld.tokenizer import build
+
+    tokenizer = build()
+    words = [*SHAPES, *COLOURS, "squares", "background", "grey", "right", "bottom", "centre"]
+    assert all(len(tokenizer.tokenize(" " + word)) == 1 for word in words)
+    template, prefix = PROMPT_PRESETS["vqa"]
+    turn = f"You are a helpful assistant.\n## USER: {template.format(question='What colour is the star?')}" \
+           f"\n## ASSISTANT: {prefix} red</s>"
+    # Each word of the Figure 8 prompt and the chat markers one token (spelled out byte by byte, one turn was ~100).
+    assert len(tokenizer(turn)["input_ids"]) <= 50
+    assert len(tokenizer) <= 1020 and tokenizer("<s>")["input_ids"][0] == 1

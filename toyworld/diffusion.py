@@ -39,9 +39,11 @@ UNET_CONFIG: dict[str, Any] = {
     "block_out_channels": [32, 64, 64],
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 64,
-    "attention_head_dim": 8, "norm_num_groups": 8, "use_linear_projection": True}  # linear projections as SD 2.1
+    # diffusers reads `attention_head_dim` as the number of heads: 2 / 4 / 4 heads of 16 channels (8 heads of 4-8
+    # channels gave the cross-attention so little room that captions hardly changed the UNet's loss).
+    "attention_head_dim": [2, 4, 4], "norm_num_groups": 8, "use_linear_projection": True}  # linear projections as SD 2.1
 TEXT_ENCODER_CONFIG: dict[str, Any] = {
-    "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+    "vocab_size": 1024, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
     "max_position_embeddings": MAX_LENGTH, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
 
 
@@ -195,7 +197,7 @@ def evaluate(folder: Path, images: torch.Tensor, captions: list[str], seed: int,
     return {"reconstruction_mse": mse, "reconstruction_psnr": 10 * math.log10(4.0 / max(mse, 1e-12)), **denoising}
 
 
-def train(output_dir: str | Path, vae_steps: int = 360, unet_steps: int = 850, batch_size: int = 32,
+def train(output_dir: str | Path, vae_steps: int = 360, unet_steps: int = 1200, batch_size: int = 32,
           vae_batch_size: int = 16, vae_lr: float = 2e-3, unet_lr: float = 4e-3, kl_weight: float = 1e-6,
           seed: int = 0, pool_size: int = 4096, log_every: int = 50, eval_images: int = 64, num_samples: int = 8,
           num_inference_steps: int = 25, guidance_scale: float = 3.0) -> dict[str, Any]:
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m toyworld.diffusion", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--vae-steps", type=int, default=360)
-    parser.add_argument("--unet-steps", type=int, default=850)
+    parser.add_argument("--unet-steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=32, help="the UNet's batch")
     parser.add_argument("--vae-batch-size", type=int, default=16)
     parser.add_argument("--pool-size", type=int, default=4096, help="training photographs, rendered once")

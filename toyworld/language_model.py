@@ -30,7 +30,7 @@ from .datasets import MEDIUM, base_scene, rng_for
 from .text import caption, conversation, paper_conversation
 from .tokenizer import build as build_tokenizer
 
-LM_CONFIG = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+LM_CONFIG = {"vocab_size": 1024, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "tie_word_embeddings": False}
 IMAGE_MARKER = "<image>"

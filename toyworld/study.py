@@ -50,6 +50,10 @@ class StudySettings:
     robustvqa_per_class: int = 4  # per shape and source (split over its rendition kinds), before CLIP's filter
     data_seed: int = 0
     stage2_layout: str = "mixed"  # half plain LLaVA turns, half Figure 8's layout (what the evaluation asks)
+    # A constant rate after a short warm-up: learning to read the image tokens starts only after a plateau of a few
+    # hundred steps at the answer prior, and the recipes' cosine decay over a short run ended it before it began.
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 30
 
 
 def _log(message: str) -> None:
@@ -126,6 +130,7 @@ def train_stage(stage: str, init: Path, output: Path, data: Path, csr: float, se
     argv = ["--stage", stage, "--model_name_or_path", str(init), "--dataset", str(data), "--output_dir", str(output),
             "--image_size", "64", "--csr_loss_weight", str(csr), "--max_steps", str(steps),
             "--per_device_train_batch_size", str(settings.batch_size), "--learning_rate", str(lr),
+            "--lr_scheduler_type", settings.lr_scheduler, "--warmup_steps", str(settings.warmup_steps),
             "--seed", str(seed), "--data_seed", str(seed), "--logging_steps", "20", "--save_strategy", "no",
             "--report_to", "none", "--use_cpu", "--dataloader_num_workers", "0", "--dtype", "float32",
             "--disable_tqdm", "true"]
@@ -142,11 +147,12 @@ def evaluate(models: dict[str, Path], bench: dict[str, Path], results_dir: Path)
     from evaluation.report import run_metadata, save_result
 
     scores: dict[str, dict[str, Any]] = {name: {} for name in models}
-    for benchmark in BENCHMARKS:
-        loaded = load_benchmark(benchmark, bench[benchmark])
-        for name, folder in models.items():
-            answerer = ImageQuestionAnswerer(folder, max_new_tokens=8, batch_size=16, prompt="paper", task=benchmark)
-            result = run_benchmark(loaded, answerer, str(folder))
+    loaded = {benchmark: load_benchmark(benchmark, bench[benchmark]) for benchmark in BENCHMARKS}
+    for name, folder in models.items():
+        loaded_model = ImageQuestionAnswerer(folder, max_new_tokens=8, batch_size=16, prompt="paper")
+        for benchmark in BENCHMARKS:
+            answerer = loaded_model.for_task(benchmark)  # one load per checkpoint, each benchmark's own prompt
+            result = run_benchmark(loaded[benchmark], answerer, str(folder))
             result.prompt = "paper"
             save_result(result, results_dir, run_metadata(folder, answerer.generation_kwargs, "paper"))
             scores[name][benchmark] = {k: v for k, v in result.scores.items() if isinstance(v, (int, float))}

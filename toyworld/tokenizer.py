@@ -1,7 +1,7 @@
 """The toy world's tokenizer: a byte-level BPE trained on the world's own text, shared by its three stage-0 parts.
 
 Its corpus is every word the world can say (captions of every medium, questions, answers, POPE and RobustVQA
-prompts, the paper's prompt presets and chat format), so the whole vocabulary fits in a few hundred tokens and
+prompts, the paper's prompt presets and chat format), so the whole vocabulary fits in ~700 tokens and
 most words are one token. Two flavours of the same vocabulary: the language model's (`<s>` before a text, as
 LLaMA's) and the text encoders' (`<s> text </s>`, whose `</s>` the CLIP text tower pools).
 """
@@ -22,17 +22,22 @@ from .scene import BACKGROUNDS, COLOURS, PLURALS, POSITIONS, SHAPES, SIZE_BINS, 
 from .text import DESCRIBE_PROMPTS, NUMBERS, caption, conversation, questions
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-VOCAB_SIZE = 508  # the language model's embedding has 512 rows: DEEM's <|startofimage|> and <|sniffer|> fit
+TEMPLATE_WEIGHT = 1000
+VOCAB_SIZE = 1020  # the language model's embedding has 1024 rows: DEEM's <|startofimage|> and <|sniffer|> fit
 
 
 def corpus(num_scenes: int = 400, seed: int = 0) -> list[str]:
     """Every kind of sentence the world produces, over a seeded sample of scenes, plus the word lists."""
     rng = random.Random(f"toyworld:tokenizer:{seed}")
-    lines = [SYSTEM_PROMPT, "## USER:", "## ASSISTANT:", "yes", "no", "Yes", "No", *DESCRIBE_PROMPTS]
+    fixed = [SYSTEM_PROMPT, "\n## USER:", "\n## ASSISTANT:", "yes", "no", "Yes", "No", *DESCRIBE_PROMPTS]
     for template, prefix in PROMPT_PRESETS.values():
         for shape in SHAPES:
-            lines.append(template.replace("{question}", f"What colour is the {shape}?").replace("{object}", shape))
-        lines.append(prefix)
+            fixed.append(template.replace("{question}", f"What colour is the {shape}?").replace("{object}", shape))
+        fixed.append(prefix)
+    # The chat format and the paper's prompts come once per turn, as often as a scene's own sentences: weighted
+    # so, BPE gives their words tokens of their own. Counted once, they were spelled out byte by byte, which made
+    # a Figure 8 turn ~100 tokens, put the image ~60 tokens before its answer, and slowed learning to read it.
+    lines = fixed * TEMPLATE_WEIGHT
     words = [*SHAPES, *PLURALS.values(), *COLOURS, *BACKGROUNDS, *POSITIONS, *(n for n, _ in SIZE_BINS),
              *NUMBERS.values(), *(str(n) for n in range(10))]
     lines += [" ".join(words), " ".join(w.capitalize() for w in words)]
