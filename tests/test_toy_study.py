@@ -73,6 +73,37 @@ def test_loss_weight_flags_override_the_stage_and_refuse_negatives():
         StageArguments(stage="stage2", nip_loss_weight=-1.0).recipe()
 
 
+def test_rate_multipliers_raise_one_group_and_leave_the_others_where_learning_rate_puts_them(tiny_model, tmp_path):
+    from trainers import DeemTrainer
+    from trainers.stages import parameter_group
+
+    recipe = StageArguments(stage="stage2", learning_rate_multipliers="language_model=100, mmfs=2").recipe()
+    assert recipe.learning_rates["language_model"] == pytest.approx(1e-4)  # 1e-6 x 100, now the highest
+    assert recipe.learning_rates["image_side"] == pytest.approx(1e-5) and recipe.peak_learning_rate == 1e-5
+    args = recipe.training_arguments(str(tmp_path), learning_rate=1e-3, max_steps=1, use_cpu=True, report_to="none")
+    trainer = DeemTrainer(model=tiny_model, args=args, stage=recipe)
+    trainer.create_optimizer()
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    rates = {parameter_group(names[id(p)]): group["lr"] for group in trainer.optimizer.param_groups
+             for p in group["params"]}
+    # --learning_rate 1e-3 is 100x the recipe's 1e-5: the image side at 1e-3 as without multipliers, the LLM at
+    # 100 x (100 x 1e-6), MMFS at 2 x (100 x 5e-6).
+    assert rates["image_side"] == pytest.approx(1e-3) and rates["language_model"] == pytest.approx(1e-2)
+    assert rates["mmfs"] == pytest.approx(1e-3) and rates["mmfs_gate"] == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("vision=2", "Unknown parameter group 'vision'"),
+    ("vision_trunk=2", "'vision_trunk' is frozen in stage2"),
+    ("language_model=0", "must be > 0"),
+    ("language_model=fast", "'language_model=fast' is not 'group=number'"),
+    ("language_model", "'language_model' is not 'group=number'"),
+])
+def test_bad_rate_multipliers_are_refused_by_name(flag, message):
+    with pytest.raises(ValueError, match=message):
+        StageArguments(stage="stage2", learning_rate_multipliers=flag).recipe()
+
+
 def test_paper_layout_conversations_use_figure_8_prompts():
     turns = paper_conversation(base_scene(3), random.Random(0))
     assert turns[0]["value"].startswith("Based on the image, please answer the question.")

@@ -135,7 +135,7 @@ class DeemLossMixin:
                 continue
             group = parameter_group(name)
             lr = self.stage.learning_rates[group]
-            lr *= self.args.learning_rate / max(self.stage.learning_rates.values())
+            lr *= self.args.learning_rate / self.stage.peak_learning_rate
             decays = name in decay and group not in NO_WEIGHT_DECAY_GROUPS
             groups[(lr, self.args.weight_decay if decays else 0.0)].append(parameter)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -50,16 +50,37 @@ class StageRecipe:
     per_device_train_batch_size: int = 4
     max_length: int = 2048
     extra: dict[str, Any] = field(default_factory=dict)
+    # The rate a `learning_rate` argument is measured against (it scales every group by learning_rate / this);
+    # None: the highest group rate. `with_rate_multipliers` pins it, so raising one group leaves the others be.
+    reference_learning_rate: float | None = None
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
         return tuple(self.learning_rates)
 
+    @property
+    def peak_learning_rate(self) -> float:
+        return self.reference_learning_rate or max(self.learning_rates.values())
+
+    def with_rate_multipliers(self, multipliers: dict[str, float]) -> StageRecipe:
+        """This recipe with some groups' rates multiplied (e.g. {"language_model": 10}: the LLM at 10x its
+        recipe rate relative to the rest, whatever `learning_rate` then scales them all by)."""
+        known = {*PARAMETER_GROUPS, "diffusion_lora", "mmfs", *NO_WEIGHT_DECAY_GROUPS}
+        for group, factor in multipliers.items():
+            if group not in known:
+                raise ValueError(f"Unknown parameter group {group!r}; known: {', '.join(sorted(known))}.")
+            if group not in self.learning_rates:
+                raise ValueError(f"{group!r} is frozen in {self.name}; a multiplier cannot train it.")
+            if not factor > 0:
+                raise ValueError(f"The learning-rate multiplier of {group!r} must be > 0, got {factor}.")
+        rates = {group: rate * multipliers.get(group, 1.0) for group, rate in self.learning_rates.items()}
+        return replace(self, learning_rates=rates, reference_learning_rate=self.peak_learning_rate)
+
     def training_arguments(self, output_dir: str, **overrides: Any) -> TrainingArguments:
         """`TrainingArguments` with this stage's optimiser and schedule; any field can be overridden."""
         values: dict[str, Any] = {
             "output_dir": output_dir,
-            "learning_rate": max(self.learning_rates.values()),
+            "learning_rate": self.peak_learning_rate,
             "adam_beta1": self.adam_betas[0],
             "adam_beta2": self.adam_betas[1],
             "adam_epsilon": self.adam_epsilon,

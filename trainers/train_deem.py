@@ -75,14 +75,29 @@ class StageArguments:
     nip_loss_weight: float | None = field(default=None, metadata={"help": "λ_NIP (default: the stage's)."})
     csr_loss_weight: float | None = field(default=None, metadata={
         "help": "λ_CSR (default: the stage's; 0 trains without CSR, as the paper's ablations)."})
+    learning_rate_multipliers: str | None = field(default=None, metadata={
+        "help": "Multiply some parameter groups' recipe rates, e.g. 'language_model=10,mmfs=2' (see "
+                "trainers.stages.PARAMETER_GROUPS); --learning_rate still scales every group alike."})
 
     def recipe(self) -> StageRecipe:
-        """The stage's recipe with the loss weights given on the command line."""
+        """The stage's recipe with the loss weights and rate multipliers given on the command line."""
         weights = {name: value for name, value in (("nip_loss_weight", self.nip_loss_weight),
                                                    ("csr_loss_weight", self.csr_loss_weight)) if value is not None}
         if any(value < 0 for value in weights.values()):
             raise ValueError(f"Loss weights must be >= 0, got {weights}.")
-        return replace(STAGES[self.stage], **weights)
+        recipe = replace(STAGES[self.stage], **weights)
+        return recipe.with_rate_multipliers(self.multipliers()) if self.learning_rate_multipliers else recipe
+
+    def multipliers(self) -> dict[str, float]:
+        """'group=factor,...' → {group: factor}; a part that is not `name=number` is refused by name."""
+        parsed = {}
+        for part in (p.strip() for p in (self.learning_rate_multipliers or "").split(",")):
+            group, _, factor = part.partition("=")
+            try:
+                parsed[group.strip()] = float(factor)
+            except ValueError:
+                raise ValueError(f"--learning_rate_multipliers: {part!r} is not 'group=number'.") from None
+        return parsed
 
 
 def given_on_command_line(argv: list[str]) -> set[str]:
