@@ -1,5 +1,5 @@
-"""The main job for a trained toy DEEM (a `toyworld.study` checkpoint, e.g.
-outputs/toy-study/runs/csr5-seed0/stage2; see docs/TOY_WORLD.md).
+"""The main job on the shipped toy DEEM (`hub_configs/deem-toy`, a stage-II checkpoint of `toyworld.study`; see
+docs/TOY_WORLD.md), or on any trained toy DEEM given by `--model`.
 
 Fine-tunes it for a few stage-II steps with DeemTrainer on freshly generated toy instructions, saves, reloads
 through `AutoModel.from_pretrained(..., trust_remote_code=True)`, answers questions about freshly drawn test
@@ -7,7 +7,7 @@ images through `pipeline("image-text-to-text")` (printed next to the truth, with
 images from the image encoder's own tokens (the CSR path), generates images from their captions (the NIP path),
 and writes `samples.png` (inputs / reconstructions / generations) and `report.json` to the output folder.
 
-Run: .venv/bin/python examples/toy_demo.py --model outputs/toy-study/runs/csr5-seed0/stage2 --output-dir outputs/toy-demo
+Run: .venv/bin/python examples/toy_demo.py --output-dir outputs/toy-demo
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_questions(num_images: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="DEEM main job on the shipped toy model")
-    parser.add_argument("--model", required=True, help="a trained toy DEEM folder")
+    parser.add_argument("--model", default=str(ROOT / "hub_configs" / "deem-toy"), help="a trained toy DEEM folder")
     parser.add_argument("--output-dir", default=str(ROOT / "outputs" / "toy-demo"))
     parser.add_argument("--steps", type=int, default=20, help="stage-II fine-tuning steps")
     parser.add_argument("--questions", type=int, default=12, help="fresh test images, one question each")

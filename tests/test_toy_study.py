@@ -64,6 +64,13 @@ def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor
     assert load_file(out / "stage0" / "sd" / "unet" / "model.safetensors")["w"].dtype == torch.float16
     assert json.loads((out / "stage0" / "lm" / "config.json").read_text())["torch_dtype"] == "float16"
     assert sizes["total"] > 0
+    from modeling_deem import DeemForConditionalGeneration
+
+    loaded = DeemForConditionalGeneration.from_pretrained(out)  # float32 for CPU, float16's precision
+    original = dict(tiny_model.named_parameters())
+    for name, parameter in loaded.named_parameters():
+        assert parameter.dtype == torch.float32, name
+        assert torch.equal(parameter, original[name].detach().half().float()), name
 
 
 def test_loss_weight_flags_override_the_stage_and_refuse_negatives():

@@ -1,6 +1,6 @@
 """Copy a study's trained toy DEEM and its stage-0 parts into the repository (`hub_configs/deem-toy/`), as float16
-safetensors to keep the repository small (the originals are float32; loading with `dtype=torch.float32` gives
-float32 weights back, rounded to float16's precision).
+safetensors to keep the repository small. The DEEM folder's config still says float32, so `from_pretrained` gives
+the float32 model CPU inference wants (weights rounded to float16's precision).
 
     python -m toyworld.ship --study outputs/toy-study --run csr5-seed0 --output hub_configs/deem-toy
 
@@ -52,6 +52,8 @@ def ship(study: str | Path, run: str, output: str | Path) -> dict[str, float]:
         if path.exists():
             data = json.loads(path.read_text())
             data.pop("auto_map", None)
+            if name == "config.json":
+                data["dtype"] = "float32"  # stored in float16, loaded as float32 (transformers casts on load)
             path.write_text(json.dumps(data, indent=2) + "\n")
     for part in STAGE0_PARTS:
         shutil.copytree(study / "stage0" / part, output / "stage0" / part,
