@@ -99,6 +99,10 @@ def test_image_tabs_report_progress_and_keep_the_scheduler(demo, images):
 
 
 def test_the_default_model_is_deem_toy_when_it_exists(tmp_path, monkeypatch):
+    shipped = app.DemoModel.load(None)  # hub_configs/deem-toy ships with the repository
+    assert shipped.source == str(app.TOY) and not shipped.random_weights
+    assert "Random weights" not in shipped.describe()
+    monkeypatch.setattr(app, "TOY", tmp_path / "absent")
     fresh = app.DemoModel.load(None)
     assert fresh.random_weights and "Random weights" in fresh.describe()
     monkeypatch.setattr(app, "TOY", tmp_path / "deem-toy")
