@@ -177,7 +177,7 @@ def test_the_page_in_a_real_browser(demo, images, browser):
     try:
         started = time.perf_counter()
         browser.get(page.local_url)
-        wait.until(lambda _: "Random weights" in find(By.ID, "model-info").text)
+        wait.until(lambda _: "deem-toy" in find(By.ID, "model-info").text)  # the shipped toy DEEM, by default
 
         # Chat: every bad input first, then a question about a real image, answered.
         find(By.ID, "chat-ask").click()
