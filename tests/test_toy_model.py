@@ -56,3 +56,14 @@ def test_shipped_toy_deem_rebuilds_images_better_than_a_random_decoder() -> None
     model.unet.load_state_dict(type(model.unet).from_config(model.unet.config).state_dict())
     random_decoder = reconstruction_mse(model, num_images=8, seed=3, steps=10)
     assert trained < 0.5 * random_decoder, (trained, random_decoder)
+
+
+def test_text_to_image_clip_score_of_the_shipped_toy_deem() -> None:
+    from toyworld.quality import text_to_image_clip_score
+
+    model = DeemForConditionalGeneration.from_pretrained(SHIPPED, dtype=torch.float32).eval()
+    scores = text_to_image_clip_score(model, SHIPPED / "stage0" / "clip", num_captions=6, steps=4, seed=5)
+    assert scores == text_to_image_clip_score(model, SHIPPED / "stage0" / "clip", num_captions=6, steps=4, seed=5)
+    assert all(0.0 <= value <= 100.0 for value in scores.values())
+    # The toy CLIP matches photographs with their own captions far better than generated images with others.
+    assert scores["photographs"] > scores["generated_vs_other_captions"] + 10
