@@ -64,6 +64,8 @@ def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor
     assert load_file(out / "stage0" / "sd" / "unet" / "model.safetensors")["w"].dtype == torch.float16
     assert json.loads((out / "stage0" / "lm" / "config.json").read_text())["torch_dtype"] == "float16"
     assert sizes["total"] > 0
+    card = (out / "README.md").read_text()
+    assert "run `csr5-seed0`" in card and str(tmp_path) not in card  # no paths of the machine that shipped it
     from modeling_deem import DeemForConditionalGeneration
 
     loaded = DeemForConditionalGeneration.from_pretrained(out)  # float32 for CPU, float16's precision

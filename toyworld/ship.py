@@ -59,12 +59,40 @@ def ship(study: str | Path, run: str, output: str | Path) -> dict[str, float]:
         shutil.copytree(study / "stage0" / part, output / "stage0" / part,
                         ignore=shutil.ignore_patterns("*.log", "samples.json"))
         _halve_safetensors(output / "stage0" / part)
+    write_card(output, run)
     (output / "stage0" / "settings.json").write_text(json.dumps(
         {"study": json.loads((study / "results.json").read_text())["settings"], "run": run}, indent=2) + "\n")
     sizes = {str(path.relative_to(output)): round(path.stat().st_size / 2**20, 2)
              for path in sorted(output.rglob("*.safetensors"))}
     sizes["total"] = round(sum(p.stat().st_size for p in output.rglob("*") if p.is_file()) / 2**20, 2)
     return sizes
+
+
+def write_card(output: Path, run: str) -> None:
+    """The folder's README: what the checkpoint is and how to load it (save_pretrained's generic card names this
+    machine's paths and promises code copies that shipping removes)."""
+    (output / "README.md").write_text(f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [deem, toy]
+---
+
+# deem-toy
+
+A small DEEM trained on the toy world of coloured shapes (run `{run}` of `python -m toyworld.study`, after stage
+II), with the three stage-0 parts it was assembled from under `stage0/` (toy CLIP, toy Stable Diffusion, toy LM).
+Weights are stored as float16 and load as float32. What it has learned, and what it has not (shapes), is measured
+in the DEEM-HF repository's `docs/TOY_WORLD.md`.
+
+Load it with the DEEM-HF package installed (the classes come from the package, not from copies in this folder):
+
+```python
+from modeling_deem import DeemForConditionalGeneration
+
+model = DeemForConditionalGeneration.from_pretrained("hub_configs/deem-toy")
+processor = model.processor
+```
+""")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
