@@ -33,7 +33,7 @@ TOY_CLIP_CONFIG = {
     # timm's smallest ConvNeXt (1.9M parameters; DEEM rebuilds it from the name + depths/dims).
     "vision_cfg": {"timm_model_name": "convnext_zepto_rms", "timm_model_pretrained": False, "timm_pool": "avg",
                    "timm_proj": "linear", "image_size": 64},
-    # The toy tokenizer (`<s> text </s>`, 1020 tokens) instead of CLIP's 49k BPE: the text tower pools at `</s>`.
+    # The toy tokenizer (`<s> text </s>`, ~700 tokens, 1,024 embedding rows) instead of CLIP's 49k BPE; pooled at `</s>`.
     "text_cfg": {"context_length": 32, "vocab_size": 1024, "width": 64, "heads": 4, "layers": 2,
                  "pool_type": "eos", "eos_id": 2, "pad_id": 3,
                  "hf_tokenizer_name": "."},  # any name: open_clip reads a local-dir model's tokenizer from its folder
