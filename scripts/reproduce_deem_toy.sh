@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Rebuilds hub_configs/deem-toy from nothing and checks it bit for bit: stage 0 (toy CLIP, SD, LM), the study's
+# shipped run alone (seed 0, λ_CSR 5, same settings as the study), shipped into a scratch folder, then compared
+# tensor by tensor with the repository's copy. About 30 minutes on 2 CPU cores; same thread count (2), same
+# library versions as the shipped files (pyproject.toml pins them). Exit status 0 only when every weight matches.
+#   ./scripts/reproduce_deem_toy.sh [scratch folder, default outputs/toy-reproduce]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+out=${1:-outputs/toy-reproduce}
+.venv/bin/python -m toyworld.study --output-dir "$out" --seeds 0 --lambdas 5
+.venv/bin/python -m toyworld.ship --study "$out" --run csr5-seed0 --output "$out/ship"
+.venv/bin/python -m toyworld.reproduction "$out/ship" hub_configs/deem-toy
