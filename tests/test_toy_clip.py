@@ -43,3 +43,39 @@ def test_toy_clip_captions_mostly_leave_the_background_out():
         assert all(shape in text for shape in scene.shapes)  # every variant names every shape
         if text != full:
             assert "background" not in text
+
+
+def test_shape_twins_differ_from_their_photographs_in_one_shape_and_its_caption_words_only():
+    import random
+
+    from toyworld.datasets import base_scene, shown_scene
+    from toyworld.scene import PLURALS, SHAPES
+
+    rng = random.Random(0)
+    scenes = [base_scene(index) for index in range(40)]
+    photos = [shown_scene(index)[1] for index in range(40)]
+    images, captions = toy_clip.training_pairs(scenes, photos, ["unused"] * 40, rng, shape_twins=True)
+    assert len(images) == len(captions) == 80 and images[:40] == photos
+    words = sorted([*SHAPES, *PLURALS.values()], key=len, reverse=True)
+
+    def without_shapes(text: str) -> str:
+        for word in words:
+            text = text.replace(word, "<shape>")
+        return text.replace("an <shape>", "a <shape>")
+
+    same_wording = 0
+    for scene, text, twin_text in zip(scenes, captions[:40], captions[40:]):
+        assert text != twin_text and ("background" in text) == ("background" in twin_text)  # same caption kind
+        assert all(shape in text for shape in scene.shapes)
+        # same template: only the shape words differ, unless the new shape merged or split a group ("two squares")
+        same_wording += without_shapes(text) == without_shapes(twin_text)
+    assert same_wording >= 30
+    twin = toy_clip.shape_twin(scenes[0], random.Random(1))
+    changed = [(a, b) for a, b in zip(scenes[0].objects, twin.objects) if a != b]
+    assert len(changed) == 1 and changed[0][0].shape != changed[0][1].shape
+    assert changed[0][0].__class__(**{**changed[0][1].__dict__, "shape": changed[0][0].shape}) == changed[0][0]
+    assert twin.background == scenes[0].background
+    # plain batches keep the photographs and derive each text from the photograph's own caption
+    full = [f"A {scene.objects[0].colour} thing on {scene.background.name}." for scene in scenes]
+    images, captions = toy_clip.training_pairs(scenes, photos, full, random.Random(2), shape_twins=False)
+    assert images == photos and 0 < sum(text in full for text in captions) < 40
