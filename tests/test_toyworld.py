@@ -180,11 +180,18 @@ def test_exports_load_in_the_evaluation_formats(tmp_path: Path) -> None:
     assert set(ds["label"]) == {"yes", "no"} and set(ds["split"]) == {"adversarial"}
 
 
-def test_toy_tokenizer_gives_the_chat_format_and_the_world_words_tokens_of_their_own() -> None:
-    from processing.prompts_deem import PROMPT_PRESETS
-    from toyworld.tokenizer import build
+@pytest.mark.parametrize("source", ["committed", "retrained"])
+def test_toy_tokenizer_gives_the_chat_format_and_the_world_words_tokens_of_their_own(source: str) -> None:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    tokenizer = build()
+    from processing.prompts_deem import PROMPT_PRESETS
+    from toyworld.tokenizer import build, train_bpe
+
+    tokenizer = build() if source == "committed" else PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(train_bpe()), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if source == "retrained":
+        tokenizer.backend_tokenizer.post_processor = build().backend_tokenizer.post_processor
     words = [*SHAPES, *COLOURS, "squares", "background", "grey", "right", "bottom", "centre"]
     assert all(len(tokenizer.tokenize(" " + word)) == 1 for word in words)
     template, prefix = PROMPT_PRESETS["vqa"]
@@ -193,3 +200,16 @@ def test_toy_tokenizer_gives_the_chat_format_and_the_world_words_tokens_of_their
     # Each word of the Figure 8 prompt and the chat markers one token (spelled out byte by byte, one turn was ~100).
     assert len(tokenizer(turn)["input_ids"]) <= 50
     assert len(tokenizer) <= 1020 and tokenizer("<s>")["input_ids"][0] == 1
+
+
+def test_toy_tokenizer_is_the_committed_file_the_shipped_language_model_was_trained_with(tmp_path) -> None:
+    """Every stage-0 part loads the committed BPE (a retrain numbers tokens differently in each process)."""
+    import json
+    from pathlib import Path
+
+    from toyworld.tokenizer import BPE_FILE, save
+
+    save(tmp_path)
+    built = json.loads((tmp_path / "tokenizer.json").read_text())
+    shipped = Path(__file__).resolve().parents[1] / "hub_configs" / "deem-toy" / "stage0" / "lm" / "tokenizer.json"
+    assert built["model"] == json.loads(BPE_FILE.read_text())["model"] == json.loads(shipped.read_text())["model"]

@@ -1,5 +1,10 @@
 """The toy world's tokenizer: a byte-level BPE trained on the world's own text, shared by its three stage-0 parts.
 
+The trained BPE is committed (`toy_tokenizer.json`) and every part loads it: the `tokenizers` BPE trainer breaks
+ties between equally frequent pairs in hash-map order, which changes from process to process, so two trainings on
+this corpus number (and even split) tokens differently, and stage-0 parts trained in separate processes would not
+be reproducible bit for bit. `python -m toyworld.tokenizer --output toyworld/toy_tokenizer.json` retrains it.
+
 Its corpus is every word the world can say (captions of every medium, questions, answers, POPE and RobustVQA
 prompts, the paper's prompt presets and chat format), so the whole vocabulary fits in ~700 tokens and
 most words are one token. Two flavours of the same vocabulary: the language model's (`<s>` before a text, as
@@ -50,9 +55,11 @@ def corpus(num_scenes: int = 400, seed: int = 0) -> list[str]:
     return lines
 
 
-@functools.cache
-def _trained_bpe() -> str:
-    """The trained BPE as JSON: training takes seconds and gives the same merges every time, so once a process."""
+BPE_FILE = Path(__file__).with_name("toy_tokenizer.json")
+
+
+def train_bpe() -> str:
+    """A freshly trained BPE as JSON (its token numbering varies between processes, see the module docstring)."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -60,6 +67,14 @@ def _trained_bpe() -> str:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
     return tokenizer.to_str()
+
+
+@functools.cache
+def _trained_bpe() -> str:
+    """The committed BPE as JSON (read once a process)."""
+    if not BPE_FILE.is_file():
+        raise FileNotFoundError(f"{BPE_FILE} is missing: retrain it with python -m toyworld.tokenizer --output {BPE_FILE}")
+    return BPE_FILE.read_text()
 
 
 def build(for_text_encoder: bool = False) -> PreTrainedTokenizerFast:
@@ -77,3 +92,18 @@ def save(folder: str | Path, for_text_encoder: bool = False) -> PreTrainedTokeni
     tokenizer = build(for_text_encoder)
     tokenizer.save_pretrained(folder)
     return tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m toyworld.tokenizer", description="Retrain the toy BPE.")
+    parser.add_argument("--output", required=True, help="where to write it (toyworld/toy_tokenizer.json is the one "
+                        "the stage-0 parts load; replacing it changes every part trained afterwards)")
+    args = parser.parse_args(argv)
+    Path(args.output).write_text(train_bpe() + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
