@@ -145,9 +145,9 @@ def train(output_dir: str | Path, steps: int = 3000, batch_size: int = 64, lr: f
     preprocess = open_clip.image_transform(size, is_train=False)
     tokenizer = open_clip.tokenizer.HFTokenizer(str(save(model, output_dir)),
                                                 context_length=TOY_CLIP_CONFIG["text_cfg"]["context_length"])
-    # `pool_size` rows rendered once and cycled through (random crops vary them); default: a fresh row every time.
+    # `pool_size` rows rendered once and cycled through (random crops vary them); None or 0: a fresh row every time.
     per_step = batch_size // 2 if shape_twins else batch_size
-    num_rows = min(steps * per_step, pool_size or steps * per_step)  # pool_size None or 0: no pool
+    num_rows = min(steps * per_step, pool_size or steps * per_step)
     data = photographs("train", num_rows=num_rows, seed=seed)
     scenes, photos = [Scene.from_json(scene) for scene in data["scene"]], [images[0] for images in data["images"]]
     captions = list(data["caption"])
