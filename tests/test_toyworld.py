@@ -182,16 +182,10 @@ def test_exports_load_in_the_evaluation_formats(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", ["committed", "retrained"])
 def test_toy_tokenizer_gives_the_chat_format_and_the_world_words_tokens_of_their_own(source: str) -> None:
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     from processing.prompts_deem import PROMPT_PRESETS
     from toyworld.tokenizer import build, train_bpe
 
-    tokenizer = build() if source == "committed" else PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(train_bpe()), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    if source == "retrained":
-        tokenizer.backend_tokenizer.post_processor = build().backend_tokenizer.post_processor
+    tokenizer = build(bpe=train_bpe() if source == "retrained" else None)
     words = [*SHAPES, *COLOURS, "squares", "background", "grey", "right", "bottom", "centre"]
     assert all(len(tokenizer.tokenize(" " + word)) == 1 for word in words)
     template, prefix = PROMPT_PRESETS["vqa"]

@@ -43,8 +43,10 @@ def _tensor_differences(rebuilt: Path, shipped: Path) -> list[str]:
             x, y = a.get_tensor(name), b.get_tensor(name)
             if x.dtype != y.dtype or x.shape != y.shape:
                 differences.append(f"{name} ({x.dtype} {tuple(x.shape)} vs {y.dtype} {tuple(y.shape)})")
-            elif not torch.equal(_bytes(x), _bytes(y)):
-                changed = int((_bytes(x) != _bytes(y)).view(x.numel(), -1).any(-1).sum()) if x.numel() else 0
+                continue
+            unequal = _bytes(x) != _bytes(y)
+            if unequal.any():
+                changed = int(unequal.view(x.numel(), -1).any(-1).sum())
                 differences.append(f"{name} ({changed} of {x.numel()} values differ)")
     return differences
 

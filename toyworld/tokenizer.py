@@ -77,9 +77,10 @@ def _trained_bpe() -> str:
     return BPE_FILE.read_text()
 
 
-def build(for_text_encoder: bool = False) -> PreTrainedTokenizerFast:
-    """The toy tokenizer (a fresh object each call); `for_text_encoder` appends `</s>`."""
-    tokenizer = Tokenizer.from_str(_trained_bpe())
+def build(for_text_encoder: bool = False, bpe: str | None = None) -> PreTrainedTokenizerFast:
+    """The toy tokenizer (a fresh object each call); `for_text_encoder` appends `</s>`; `bpe`: another trained BPE
+    (JSON, e.g. `train_bpe()`) instead of the committed one."""
+    tokenizer = Tokenizer.from_str(bpe if bpe is not None else _trained_bpe())
     bos, eos = SPECIAL_TOKENS.index("<s>"), SPECIAL_TOKENS.index("</s>")
     single = "<s> $A </s>" if for_text_encoder else "<s> $A"
     tokenizer.post_processor = processors.TemplateProcessing(
