@@ -31,6 +31,7 @@ def _results(folder, on_scores, off_scores):
 def test_report_gives_mean_std_a_verdict_from_the_spread_and_a_plot(tmp_path):
     _results(tmp_path, on_scores=[0.70, 0.72, 0.71], off_scores=[0.50, 0.52, 0.51])
     text = write_report(tmp_path, tmp_path / "docs")
+    assert "| stage | metric | λ_CSR = 0 (n = 3) | λ_CSR = 5 (n = 3) |" in text
     assert "| stage2 | RobustVQA-toy acc | 0.510 ± 0.010 | 0.710 ± 0.010 |" in text  # λ 0, then 5
     assert "stage2, RobustVQA-toy acc: CSR on is better (0.710 vs 0.510" in text
     assert "stage2, VQA-toy acc (in-distribution): no difference beyond the seeds' spread" in text

@@ -120,8 +120,11 @@ def write_report(folder: str | Path, docs_dir: str | Path | None = None) -> str:
     table = aggregate(results)
     lambdas = sorted({run["csr_loss_weight"] for run in results["runs"].values()})
     seeds = sorted({run["seed"] for run in results["runs"].values()})
-    lines = [f"Seeds {seeds}; λ_CSR {[f'{lam:g}' for lam in lambdas]}; values mean ± std over seeds.", "",
-             "| stage | metric | " + " | ".join(f"λ_CSR = {lam:g}" for lam in lambdas) + " |",
+    runs_per_lambda = {lam: sum(run["csr_loss_weight"] == lam for run in results["runs"].values()) for lam in lambdas}
+    lines = [f"Seeds {seeds}; λ_CSR {[f'{lam:g}' for lam in lambdas]}; values mean ± std over the seeds each λ ran "
+             "(n in the column head; ± 0.000 where n = 1).", "",
+             "| stage | metric | " + " | ".join(f"λ_CSR = {lam:g} (n = {runs_per_lambda[lam]})" for lam in lambdas)
+             + " |",
              "|---|---|" + "---|" * len(lambdas)]
     for stage in ("stage1", "stage2"):
         for label, *_ in METRICS:
