@@ -6,7 +6,6 @@ is small, deterministic and needs no download. Run: .venv/bin/python scripts/mak
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+from modeling_deem.config_only_folder import drop_code_copies  # noqa: E402
 from modeling_deem.tiny import TINY_SPECIAL_TOKENS, TINY_VOCAB_SIZE  # noqa: E402
 from processing import DeemImageProcessor, DeemProcessor  # noqa: E402
 from processing.prompts_deem import PROMPT_PRESETS, SYSTEM_PROMPT  # noqa: E402
@@ -65,17 +65,7 @@ def main() -> None:
         raise RuntimeError(f"tiny tokenizer ids {ids} / size {len(tokenizer)} do not fit the tiny model")
     processor = DeemProcessor(DeemImageProcessor(size=64, decoder_size=32), tokenizer)
     processor.save_pretrained(folder)
-    # Configs only: the code travels with checkpoints, so drop the copies and the auto_map pointing at them.
-    for copied in folder.glob("*.py"):
-        copied.unlink()
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        path = folder / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            data.pop("auto_map", None)
-            if isinstance(data.get("image_processor"), dict):
-                data["image_processor"].pop("auto_map", None)
-            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    drop_code_copies(folder, sort_keys=True)  # configs only: the package provides the classes
     print(f"tiny tokenizer: {len(tokenizer)} tokens; processor written to {folder}")
 
 

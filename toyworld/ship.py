@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_deem import DeemForConditionalGeneration
+from modeling_deem.config_only_folder import drop_code_copies
 
 STAGE0_PARTS = ("clip", "lm", "sd")
 
@@ -45,16 +46,10 @@ def ship(study: str | Path, run: str, output: str | Path) -> dict[str, float]:
         shutil.rmtree(output)
     model = DeemForConditionalGeneration.from_pretrained(study / "runs" / run / "stage2", dtype=torch.float32)
     model.to(torch.float16).save_pretrained(output)
-    for copied in output.glob("*.py"):
-        copied.unlink()
-    for name in ("config.json", "processor_config.json", "tokenizer_config.json"):
-        path = output / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            data.pop("auto_map", None)
-            if name == "config.json":
-                data["dtype"] = "float32"  # stored in float16, loaded as float32 (transformers casts on load)
-            path.write_text(json.dumps(data, indent=2) + "\n")
+    drop_code_copies(output)
+    config = json.loads((output / "config.json").read_text())
+    config["dtype"] = "float32"  # stored in float16, loaded as float32 (transformers casts on load)
+    (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for part in STAGE0_PARTS:
         shutil.copytree(study / "stage0" / part, output / "stage0" / part,
                         ignore=shutil.ignore_patterns("*.log", "samples.json"))
@@ -88,6 +83,7 @@ Load it with the DEEM-HF package installed (the classes come from the package, n
 
 ```python
 from modeling_deem import DeemForConditionalGeneration
+from modeling_deem.config_only_folder import drop_code_copies
 
 model = DeemForConditionalGeneration.from_pretrained("hub_configs/deem-toy")
 processor = model.processor
