@@ -62,6 +62,9 @@ def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor
     out = tmp_path / "shipped"
     assert not list(out.glob("*.py")) and "auto_map" not in json.loads((out / "config.json").read_text())
     assert "auto_map" not in (out / "processor_config.json").read_text()  # nor in the nested image processor
+    for shipped_file in out.rglob("*.json"):  # the same in every rebuild: no paths of the machine that shipped it
+        assert str(tmp_path) not in shipped_file.read_text() and "local_files_only" not in shipped_file.read_text()
+    assert json.loads((out / "config.json").read_text())["text_config"]["_name_or_path"] == "stage0/lm"
     assert all(v.dtype == torch.float16 for v in load_file(out / "model.safetensors").values() if v.is_floating_point())
     assert load_file(out / "stage0" / "sd" / "unet" / "model.safetensors")["w"].dtype == torch.float16
     assert json.loads((out / "stage0" / "lm" / "config.json").read_text())["torch_dtype"] == "float16"

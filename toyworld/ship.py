@@ -38,6 +38,15 @@ def _halve_safetensors(folder: Path) -> None:
         config.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _shipped_provenance(config: dict) -> dict:
+    """Where the parts came from, as the shipped folder holds them (`stage0/...`) instead of the study's paths on
+    the machine that trained them: the same in every rebuild, and no machine's paths in a shipped file."""
+    config["diffusion_model_name_or_path"] = "stage0/sd"
+    config["text_config"]["_name_or_path"] = "stage0/lm"
+    config["vision_config"]["open_clip_model_name"] = "local-dir:stage0/clip"
+    return config
+
+
 def ship(study: str | Path, run: str, output: str | Path) -> dict[str, float]:
     """Writes `output/` (the stage-II DEEM of `run`, without the code copies: the package provides the classes)
     and `output/stage0/{clip,lm,sd}`; returns the sizes in MB."""
@@ -49,7 +58,11 @@ def ship(study: str | Path, run: str, output: str | Path) -> dict[str, float]:
     drop_code_copies(output)
     config = json.loads((output / "config.json").read_text())
     config["dtype"] = "float32"  # stored in float16, loaded as float32 (transformers casts on load)
-    (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (output / "config.json").write_text(json.dumps(_shipped_provenance(config), indent=2) + "\n")
+    tokenizer_config = json.loads((output / "tokenizer_config.json").read_text())
+    for load_time_only in ("local_files_only", "is_local"):  # how it was loaded (HF_HUB_OFFLINE), not what it is
+        tokenizer_config.pop(load_time_only, None)
+    (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     for part in STAGE0_PARTS:
         shutil.copytree(study / "stage0" / part, output / "stage0" / part,
                         ignore=shutil.ignore_patterns("*.log", "samples.json"))
@@ -83,7 +96,6 @@ Load it with the DEEM-HF package installed (the classes come from the package, n
 
 ```python
 from modeling_deem import DeemForConditionalGeneration
-from modeling_deem.config_only_folder import drop_code_copies
 
 model = DeemForConditionalGeneration.from_pretrained("hub_configs/deem-toy")
 processor = model.processor
