@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from toyworld.datasets import base_scene, instructions
+from toyworld.study import StudySettings, merged_settings, run_study
 from toyworld.study_report import write_report
 from toyworld.text import paper_conversation
 from trainers.train_deem import StageArguments
@@ -136,3 +137,15 @@ def test_reconstruction_mse_compares_held_out_photos_with_their_csr_rebuilds(tin
     error = reconstruction_mse(tiny_model, num_images=2, steps=2)
     assert 0.0 < error < 1.0
     assert reconstruction_mse(tiny_model, num_images=2, steps=2) == error  # seeded sampling
+
+
+def test_a_second_invocation_adds_seeds_and_lambdas_but_refuses_other_settings(tmp_path):
+    first = merged_settings(None, StudySettings(seeds=[0, 1, 2], lambdas=[5.0, 0.0]))
+    ablation = merged_settings(first, StudySettings(seeds=[0], lambdas=[1.0, 10.0]))
+    assert ablation["seeds"] == [0, 1, 2] and ablation["lambdas"] == [5.0, 0.0, 1.0, 10.0]
+    with pytest.raises(ValueError, match="stage2_steps 1500 there, 100 now"):
+        merged_settings(first, StudySettings(seeds=[0], stage2_steps=100))
+    (tmp_path / "results.json").write_text(json.dumps({"runs": {}, "settings": first}))
+    with pytest.raises(ValueError, match="batch_size"):  # before any stage-0 part or dataset is built
+        run_study(tmp_path, StudySettings(batch_size=8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

@@ -162,6 +162,23 @@ def evaluate(models: dict[str, Path], bench: dict[str, Path], results_dir: Path)
     return scores
 
 
+def merged_settings(previous: dict[str, Any] | None, settings: StudySettings) -> dict[str, Any]:
+    """The settings record of a study folder that another invocation adds runs to (more seeds, the λ ablation):
+    seeds and λs accumulate; every other setting must be the one the folder's runs were made with, or their
+    numbers would not be comparable."""
+    current = asdict(settings)
+    if not previous:
+        return current
+    differing = sorted(key for key in current if key not in ("seeds", "lambdas") and previous.get(key) != current[key])
+    if differing:
+        raise ValueError("this study folder's runs were made with other settings: " + ", ".join(
+            f"{key} {previous.get(key)!r} there, {current[key]!r} now" for key in differing)
+            + "; use a new --output-dir or the same settings")
+    for key in ("seeds", "lambdas"):
+        current[key] = previous[key] + [value for value in current[key] if value not in previous[key]]
+    return current
+
+
 def run_study(output_dir: str | Path, settings: StudySettings) -> dict[str, Any]:
     from .assemble import assemble
     from .quality import reconstruction_mse
@@ -170,12 +187,12 @@ def run_study(output_dir: str | Path, settings: StudySettings) -> dict[str, Any]
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     torch.set_num_threads(2)
+    results_path = root / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
+    results["settings"] = merged_settings(results.get("settings"), settings)  # refuses before building anything
     parts = run_stage0(root)
     data = build_data(root, settings)
     data["robustvqa"] = build_robustvqa(root, parts["clip"], settings)
-    results_path = root / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
-    results["settings"] = asdict(settings)
     for seed in settings.seeds:
         init = root / "runs" / f"init-{seed}"
         if not (init / "model.safetensors").exists():
