@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Rebuilds hub_configs/deem-toy from nothing and checks it bit for bit: stage 0 (toy CLIP, SD, LM), the study's
 # shipped run alone (seed 0, λ_CSR 5, same settings as the study), shipped into a scratch folder, then compared
-# tensor by tensor with the repository's copy. About 30 minutes on 2 CPU cores; same thread count (2), same
+# tensor by tensor with the repository's copy. About 45 minutes on 2 CPU cores; same thread count (2), same
 # library versions as the shipped files (pyproject.toml pins them). Exit status 0 only when every weight matches.
-# The deem-toy shipped on 2026-11-22 predates the committed toy tokenizer: its CLIP and SD were trained with BPE
-# numberings of their own (the trainer's tie order varies per process), so this reports them and the DEEM as
-# different until stage 0 is rebuilt with toyworld/toy_tokenizer.json and reshipped.
+# The deem-toy shipped now was made this way (run csr5-seed0 of outputs/toy-study5, a full study rebuilt from nothing
+# with the committed toy tokenizer); see docs/TOY_WORLD.md, What ships, for what has been checked to match.
 #   ./scripts/reproduce_deem_toy.sh [scratch folder, default outputs/toy-reproduce]
 set -euo pipefail
 cd "$(dirname "$0")/.."
