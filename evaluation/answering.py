@@ -14,7 +14,6 @@ process answers its own shard of images and the main process gathers everything.
 from __future__ import annotations
 
 import copy
-
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
