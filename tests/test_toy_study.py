@@ -36,8 +36,16 @@ def test_report_gives_mean_std_a_verdict_from_the_spread_and_a_plot(tmp_path):
     assert "| stage2 | RobustVQA-toy acc | 0.510 ± 0.010 | 0.710 ± 0.010 |" in text  # λ 0, then 5
     assert "stage2, RobustVQA-toy acc: CSR on is better (0.710 vs 0.510" in text
     assert "stage2, VQA-toy acc (in-distribution): no difference beyond the seeds' spread" in text
-    assert Image.open(tmp_path / "docs" / "toy_study.png").size[0] > 300
     assert (tmp_path / "docs" / "toy_study_results.md").read_text() == text
+    with_mse = Image.open(tmp_path / "docs" / "toy_study.png").size[0]
+    assert with_mse > 300
+    results = json.loads((tmp_path / "results.json").read_text())
+    for run in results["runs"].values():
+        for scores in run["scores"].values():
+            scores.pop("reconstruction_mse")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    write_report(tmp_path, tmp_path / "docs")
+    assert Image.open(tmp_path / "docs" / "toy_study.png").size[0] < with_mse  # its own panel, only when measured
 
 
 def test_report_calls_an_overlapping_difference_no_difference(tmp_path):

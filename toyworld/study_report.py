@@ -28,6 +28,7 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("CSR reconstruction MSE", "reconstruction_mse", "", False),
 )
 PLOTTED = ("RobustVQA-toy acc", "POPE-toy acc", "VQA-toy acc (in-distribution)")
+PALETTE = ((150, 150, 150), (70, 110, 200), (220, 120, 50), (80, 170, 90))  # one colour per λ
 
 
 def _value(scores: dict[str, Any], benchmark: str, key: str) -> float | None:
@@ -75,40 +76,59 @@ def verdict(table: dict[tuple[float, str, str], list[float]], off: float, on: fl
     return lines
 
 
-def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float], path: Path) -> Path:
-    """Grouped bars (one group per stage × plotted metric, one bar per λ) with ±1 std whiskers and the seeds' dots."""
-    groups = [(stage, label) for stage in ("stage1", "stage2") for label in PLOTTED]
-    bar, gap, height, bottom, top = 26, 34, 360, 300, 40
-    width = 60 + len(groups) * (len(lambdas) * bar + gap)
-    image = Image.new("RGB", (width, height + 40), "white")
-    draw = ImageDraw.Draw(image)
-    palette = [(150, 150, 150), (70, 110, 200), (220, 120, 50), (80, 170, 90)]
-    draw.text((10, 8), "toy DEEM, lambda_CSR ablation: mean +- std over seeds (dots: seeds)", fill="black")  # PIL's default font has no λ
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = bottom - tick * (bottom - top)
-        draw.line([(40, y), (width - 10, y)], fill=(225, 225, 225))
-        draw.text((8, y - 6), f"{tick:.2f}", fill="black")
-    x = 50
+def _panel(draw: ImageDraw.ImageDraw, table: dict[tuple[float, str, str], list[float]], lambdas: list[float],
+           labels: tuple[str, ...], scale: float, left: int) -> int:
+    """Grouped bars for `labels` × stages on an axis from 0 to `scale`, starting at x = `left`; returns the x after."""
+    bar, gap, bottom, top = 26, 34, 300, 40
+    groups = [(stage, label) for stage in ("stage1", "stage2") for label in labels]
+    right = left + 20 + len(groups) * (len(lambdas) * bar + gap)
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = bottom - fraction * (bottom - top)
+        draw.line([(left + 30, y), (right - 10, y)], fill=(225, 225, 225))
+        draw.text((left - 2, y - 6), f"{fraction * scale:.2f}" if scale >= 0.1 else f"{fraction * scale:.3f}",
+                  fill="black")
+
+    def to_y(value: float) -> float:
+        return bottom - min(max(value / scale, 0.0), 1.0) * (bottom - top)
+
+    x = left + 40
     for stage, label in groups:
         for index, lam in enumerate(lambdas):
             values = table.get((lam, stage, label), [])
             if values:
                 mean, std = mean_std(values)
-                y = bottom - mean * (bottom - top)
-                draw.rectangle([x, y, x + bar - 4, bottom], fill=palette[index % len(palette)])
-                y_lo, y_hi = bottom - (mean - std) * (bottom - top), bottom - (mean + std) * (bottom - top)
+                draw.rectangle([x, to_y(mean), x + bar - 4, bottom], fill=PALETTE[index % len(PALETTE)])
                 centre = x + (bar - 4) / 2
-                draw.line([(centre, y_lo), (centre, y_hi)], fill="black", width=2)
+                draw.line([(centre, to_y(mean - std)), (centre, to_y(mean + std))], fill="black", width=2)
                 for v in values:
-                    vy = bottom - v * (bottom - top)
-                    draw.ellipse([centre - 2, vy - 2, centre + 2, vy + 2], outline="black")
+                    draw.ellipse([centre - 2, to_y(v) - 2, centre + 2, to_y(v) + 2], outline="black")
             x += bar
         draw.text((x - len(lambdas) * bar, bottom + 6), stage.replace("stage", "st. "), fill="black")
-        draw.text((x - len(lambdas) * bar, bottom + 20), label.split(" (")[0].replace("-toy", "")[:16], fill="black")
+        draw.text((x - len(lambdas) * bar, bottom + 20), label.split(" (")[0].replace("-toy", "").replace("CSR reconstruction ", "recon. ")[:16], fill="black")
         x += gap
+    return right
+
+
+def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float], path: Path) -> Path:
+    """Grouped bars (one group per stage × metric, one bar per λ) with ±1 std whiskers and the seeds' dots: the
+    accuracies on a 0-1 axis, and beside them, on its own axis, the CSR path's reconstruction MSE (lower is better),
+    the one metric the study's verdict found CSR to move."""
+    mse_label = "CSR reconstruction MSE"
+    mse_values = [v for (_, _, label), values in table.items() if label == mse_label for v in values]
+    width = 60 + 2 * len(PLOTTED) * (len(lambdas) * 26 + 34)
+    if mse_values:
+        width += 60 + 2 * (len(lambdas) * 26 + 34)
+    image = Image.new("RGB", (width, 400), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 8), "toy DEEM, lambda_CSR ablation: mean +- std over seeds (dots: seeds)", fill="black")  # PIL's default font has no λ
+    right = _panel(draw, table, lambdas, PLOTTED, 1.0, 10)
+    if mse_values:
+        draw.line([(right, 30), (right, 340)], fill=(160, 160, 160))
+        draw.text((right + 10, 22), "reconstruction MSE (lower is better)", fill="black")
+        _panel(draw, table, lambdas, (mse_label,), 1.2 * max(mse_values), right + 20)
     for index, lam in enumerate(lambdas):
-        draw.rectangle([60 + index * 110, height + 10, 72 + index * 110, height + 22], fill=palette[index % 4])
-        draw.text((78 + index * 110, height + 10), f"lambda_CSR = {lam:g}", fill="black")
+        draw.rectangle([60 + index * 110, 370, 72 + index * 110, 382], fill=PALETTE[index % len(PALETTE)])
+        draw.text((78 + index * 110, 370), f"lambda_CSR = {lam:g}", fill="black")
     image.save(path)
     return path
 
