@@ -147,6 +147,24 @@ def test_reconstruction_mse_compares_held_out_photos_with_their_csr_rebuilds(tin
     assert reconstruction_mse(tiny_model, num_images=2, steps=2) == error  # seeded sampling
 
 
+def test_nip_condition_gap_compares_own_and_other_captions_under_the_same_noise(tiny_model, processor):
+    from toyworld.quality import nip_condition_gap
+
+    tiny_model.processor = processor
+    weights = tiny_model.config.nip_loss_weight, tiny_model.config.csr_loss_weight
+    gap = nip_condition_gap(tiny_model, num_images=3, repeats=1)
+    assert gap == nip_condition_gap(tiny_model, num_images=3, repeats=1)  # same timesteps and noise every call
+    assert gap["own"] > 0 and gap["other"] > 0 and gap["gap"] == gap["other"] - gap["own"] != 0.0
+    assert (tiny_model.config.nip_loss_weight, tiny_model.config.csr_loss_weight) == weights
+    with torch.no_grad():  # a resampler whose queries never read the LLM's states: one condition for any caption
+        for name, parameter in tiny_model.condition_resampler.named_parameters():
+            if "crossattention.output.dense" in name:
+                parameter.zero_()
+    assert nip_condition_gap(tiny_model, num_images=3, repeats=1)["gap"] == 0.0
+    with pytest.raises(ValueError, match="at least 2 images"):
+        nip_condition_gap(tiny_model, num_images=1)
+
+
 def test_a_second_invocation_adds_seeds_and_lambdas_but_refuses_other_settings(tmp_path):
     first = merged_settings(None, StudySettings(seeds=[0, 1, 2], lambdas=[5.0, 0.0]))
     ablation = merged_settings(first, StudySettings(seeds=[0], lambdas=[1.0, 10.0]))

@@ -1,6 +1,6 @@
 """What a toy DEEM's image side can be measured by beyond question answering: how well the CSR path rebuilds a
-held-out photograph from the encoder's own tokens, and how well its generations match their captions (the toy
-CLIP's CLIP score)."""
+held-out photograph from the encoder's own tokens, how well its generations match their captions (the toy
+CLIP's CLIP score), and how much its NIP path reads the caption at all (the condition gap)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,35 @@ def text_to_image_clip_score(model: Any, clip_folder: str | Path, num_captions: 
 
     return {"generated": score(generated, text), "photographs": score(photos, text),
             "generated_vs_other_captions": score(generated, text.roll(1, 0))}
+
+
+@torch.no_grad()
+def nip_condition_gap(model: Any, num_images: int = 64, seed: int = 5, repeats: int = 4,
+                      split: str = "test") -> dict[str, float]:
+    """NIP loss of held-out photographs each written after its own caption ("caption <image>") and after another
+    image's caption (the captions rolled by one), with the same timesteps and noise: `gap` = other − own is what
+    the LLM's caption states tell the decoder. Near 0 means the NIP condition carries nothing (generations then
+    cannot follow their captions, whatever the decoder draws). The model's loss weights are restored after."""
+    if num_images < 2:
+        raise ValueError(f"nip_condition_gap needs at least 2 images (one's caption is another's wrong one), "
+                         f"got num_images={num_images}.")
+    model = _load(model)
+    rows = photographs(split, num_rows=num_images, seed=seed)
+    captions, images = list(rows["caption"]), [row[0] for row in rows["images"]]
+    weights = model.config.nip_loss_weight, model.config.csr_loss_weight
+    model.config.nip_loss_weight, model.config.csr_loss_weight = 1.0, 0.0
+    losses = {}
+    try:
+        for name, shift in (("own", 0), ("other", 1)):
+            texts = [captions[(i + shift) % num_images] + " <image>" for i in range(num_images)]
+            batch = model.processor(text=texts, images=images, padding=True, return_tensors="pt",
+                                    return_decoder_views=True)
+            total = 0.0
+            for repeat in range(repeats):
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed * 1000 + repeat)
+                    total += float(model(**batch).nip_loss)
+            losses[name] = total / repeats
+    finally:
+        model.config.nip_loss_weight, model.config.csr_loss_weight = weights
+    return {**losses, "gap": losses["other"] - losses["own"]}
