@@ -26,6 +26,21 @@ def test_toy_clip_trains_saves_and_loads_back_through_open_clip_and_deem(tmp_pat
         _open_clip_trunk(toy_clip.model_name(tmp_path), "laion2b", {})
 
 
+def test_toy_clip_layer_scale_and_max_pooling_are_saved_and_loaded_back(tmp_path):
+    report = toy_clip.train(tmp_path, steps=1, batch_size=4, log_every=0, eval_images=8, pool="max",
+                            layer_scale_init=1.0)
+    assert report["pool"] == "max" and report["layer_scale_init"] == 1.0
+    model, _, _ = toy_clip.load(tmp_path)  # open_clip builds the tower from the saved config: max pooling
+    assert model.visual.trunk.head.global_pool.pool_type == "max"
+    gammas = [v for k, v in model.state_dict().items() if k.endswith(".gamma")]
+    assert len(gammas) == 10 and all((g - 1.0).abs().max() < 0.01 for g in gammas)  # one step from 1.0, not 1e-6
+    with pytest.raises(ValueError, match="pool must be one of"):
+        toy_clip.train(tmp_path / "bad", steps=1, pool="mean")
+    with pytest.raises(ValueError, match="layer_scale_init must be > 0"):
+        toy_clip.train(tmp_path / "bad", steps=1, layer_scale_init=0.0)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 def test_toy_clip_captions_mostly_leave_the_background_out():
     import random
 

@@ -13,6 +13,7 @@ real one does: `open_clip.create_model("local-dir:<folder>")`, i.e.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import time
@@ -40,9 +41,19 @@ TOY_CLIP_CONFIG = {
                  "pool_type": "eos", "eos_id": 2, "pad_id": 3,
                  "hf_tokenizer_name": "."},  # any name: open_clip reads a local-dir model's tokenizer from its folder
 }
+POOLS = ("avg", "max")
 PROMPT = "A photo of a {}."
 FULL_CAPTION_PROB = 0.3
 SHAPES_ONLY_PROB = 0.2
+
+
+def toy_clip_config(pool: str = "avg") -> dict[str, Any]:
+    """TOY_CLIP_CONFIG with the image tower's pooling (`avg`, open_clip's default, or `max`) as asked."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}.")
+    config = copy.deepcopy(TOY_CLIP_CONFIG)
+    config["vision_cfg"]["timm_pool"] = pool
+    return config
 
 
 def model_name(folder: str | Path) -> str:
@@ -50,14 +61,14 @@ def model_name(folder: str | Path) -> str:
     return f"local-dir:{Path(folder).resolve()}"
 
 
-def save(model: Any, folder: str | Path) -> Path:
-    """Config, tokenizer and safetensors weights in open_clip's model-folder layout."""
+def save(model: Any, folder: str | Path, config: dict[str, Any] | None = None) -> Path:
+    """Config (`TOY_CLIP_CONFIG` unless given), tokenizer and safetensors weights in open_clip's folder layout."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_tokenizer(folder, for_text_encoder=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TOY_CLIP_CONFIG, "preprocess_cfg": {
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config or TOY_CLIP_CONFIG, "preprocess_cfg": {
         "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}}, indent=2))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
     return folder
@@ -127,23 +138,33 @@ def training_pairs(scenes: list[Scene], images: list[Any], captions: list[str], 
 
 def train(output_dir: str | Path, steps: int = 3000, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,
           log_every: int = 50, eval_images: int = 200, pool_size: int | None = 48000,
-          shape_twins: bool = False) -> dict[str, Any]:
+          shape_twins: bool = False, pool: str = "avg", layer_scale_init: float | None = None) -> dict[str, Any]:
     """Contrastive training on photographs and their captions; saves the model folder and a report.
 
     A batch of 64 different scenes is told apart by colours, counts and backgrounds; 3,000 steps (loss 4.6 -> 1.2)
     left zero-shot shape accuracy at 0.21 (chance 0.125). `shape_twins` makes half of each batch the other half with
     one shape changed; 3,000 such steps did not help (zero-shot 0.13; a photograph preferred its own caption over
-    its twin's 55 % of the time), so it is off by default."""
+    its twin's 55 % of the time), so it is off by default. `layer_scale_init` fills every ConvNeXt block's layer
+    scale (timm starts it at 1e-6, so the blocks begin as identities) and `pool="max"` pools the tower's last map by
+    its maximum: with both (1.0, max) the same 3,000 steps reached zero-shot shape accuracy 0.545 instead of 0.20
+    (docs/TOY_WORLD.md); the defaults stay timm's and open_clip's until the study is rerun on them."""
     import open_clip
 
+    config = toy_clip_config(pool)
+    if layer_scale_init is not None and not layer_scale_init > 0:
+        raise ValueError(f"layer_scale_init must be > 0 (or None for timm's 1e-6), got {layer_scale_init!r}.")
     torch.manual_seed(seed)
     rng = random.Random(f"toyworld:clip:{seed}")
     output_dir = Path(output_dir)
-    model = open_clip.CLIP(**TOY_CLIP_CONFIG, output_dict=True)
+    model = open_clip.CLIP(**config, output_dict=True)
+    if layer_scale_init is not None:
+        with torch.no_grad():
+            for block in (block for stage in model.visual.trunk.stages for block in stage.blocks):
+                block.gamma.fill_(layer_scale_init)
     size = TOY_CLIP_CONFIG["vision_cfg"]["image_size"]
     preprocess_train = open_clip.image_transform(size, is_train=True)
     preprocess = open_clip.image_transform(size, is_train=False)
-    tokenizer = open_clip.tokenizer.HFTokenizer(str(save(model, output_dir)),
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(save(model, output_dir, config)),
                                                 context_length=TOY_CLIP_CONFIG["text_cfg"]["context_length"])
     # `pool_size` rows rendered once and cycled through (random crops vary them); None or 0: a fresh row every time.
     per_step = batch_size // 2 if shape_twins else batch_size
@@ -173,9 +194,10 @@ def train(output_dir: str | Path, steps: int = 3000, batch_size: int = 64, lr: f
         losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f}", flush=True)
-    save(model, output_dir)
+    save(model, output_dir, config)
     model.eval()
-    report = {"steps": steps, "batch_size": batch_size, "shape_twins": shape_twins, "seed": seed,
+    report = {"steps": steps, "batch_size": batch_size, "shape_twins": shape_twins, "seed": seed, "pool": pool,
+              "layer_scale_init": layer_scale_init,
               "seconds": round(time.time() - start, 1),
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / min(10, len(losses)),
               "zero_shot_accuracy": {kind: zero_shot_accuracy(model, preprocess, tokenizer, kind, eval_images)
@@ -198,9 +220,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="half of each batch: the other half with one shape changed (hard negatives)")
     parser.add_argument("--pool-size", type=int, default=48000, help="render this many rows once and cycle them "
                         "(0: a fresh row every step)")
+    parser.add_argument("--pool", choices=POOLS, default="avg", help="the image tower's pooling of its last map")
+    parser.add_argument("--layer-scale-init", type=float, default=None,
+                        help="start every ConvNeXt block's layer scale here instead of timm's 1e-6 (1.0 + --pool max: "
+                        "zero-shot shape accuracy 0.545 instead of 0.20 in 3,000 steps)")
     args = parser.parse_args(argv)
     report = train(args.output_dir, args.steps, args.batch_size, args.lr, args.seed, pool_size=args.pool_size,
-                   shape_twins=args.shape_twins)
+                   shape_twins=args.shape_twins, pool=args.pool, layer_scale_init=args.layer_scale_init)
     print(json.dumps(report, indent=2))
     return report
 
