@@ -7,6 +7,7 @@ computed from the numbers (a difference counts only where it exceeds twice its s
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
 )
 PLOTTED = ("RobustVQA-toy acc", "POPE-toy acc", "VQA-toy acc (in-distribution)")
 PALETTE = ((150, 150, 150), (70, 110, 200), (220, 120, 50), (80, 170, 90))  # one colour per λ
+MSE_LABEL = next(label for label, benchmark, _, _ in METRICS if benchmark == "reconstruction_mse")
+BAR, GAP = 26, 34  # a bar's and a group's gap's width in pixels
 
 
 def _value(scores: dict[str, Any], benchmark: str, key: str) -> float | None:
@@ -79,9 +82,9 @@ def verdict(table: dict[tuple[float, str, str], list[float]], off: float, on: fl
 def _panel(draw: ImageDraw.ImageDraw, table: dict[tuple[float, str, str], list[float]], lambdas: list[float],
            labels: tuple[str, ...], scale: float, left: int) -> int:
     """Grouped bars for `labels` × stages on an axis from 0 to `scale`, starting at x = `left`; returns the x after."""
-    bar, gap, bottom, top = 26, 34, 300, 40
+    bar, gap, bottom, top = BAR, GAP, 300, 40
     groups = [(stage, label) for stage in ("stage1", "stage2") for label in labels]
-    right = left + 20 + len(groups) * (len(lambdas) * bar + gap)
+    right = left + _panel_width(len(labels), len(lambdas))
     for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = bottom - fraction * (bottom - top)
         draw.line([(left + 30, y), (right - 10, y)], fill=(225, 225, 225))
@@ -104,20 +107,23 @@ def _panel(draw: ImageDraw.ImageDraw, table: dict[tuple[float, str, str], list[f
                     draw.ellipse([centre - 2, to_y(v) - 2, centre + 2, to_y(v) + 2], outline="black")
             x += bar
         draw.text((x - len(lambdas) * bar, bottom + 6), stage.replace("stage", "st. "), fill="black")
-        draw.text((x - len(lambdas) * bar, bottom + 20), label.split(" (")[0].replace("-toy", "").replace("CSR reconstruction ", "recon. ")[:16], fill="black")
+        short = "recon. MSE" if label == MSE_LABEL else label.split(" (")[0].replace("-toy", "")[:16]
+        draw.text((x - len(lambdas) * bar, bottom + 20), short, fill="black")
         x += gap
     return right
+
+
+def _panel_width(num_labels: int, num_lambdas: int) -> int:
+    """What `_panel` draws across: an axis margin, then a group of bars per label and stage."""
+    return 20 + 2 * num_labels * (num_lambdas * BAR + GAP)
 
 
 def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float], path: Path) -> Path:
     """Grouped bars (one group per stage × metric, one bar per λ) with ±1 std whiskers and the seeds' dots: the
     accuracies on a 0-1 axis, and beside them, on its own axis, the CSR path's reconstruction MSE (lower is better),
     the one metric the study's verdict found CSR to move."""
-    mse_label = "CSR reconstruction MSE"
-    mse_values = [v for (_, _, label), values in table.items() if label == mse_label for v in values]
-    width = 60 + 2 * len(PLOTTED) * (len(lambdas) * 26 + 34)
-    if mse_values:
-        width += 60 + 2 * (len(lambdas) * 26 + 34)
+    mse_values = [v for (_, _, label), values in table.items() if label == MSE_LABEL for v in values]
+    width = 10 + _panel_width(len(PLOTTED), len(lambdas)) + (20 + _panel_width(1, len(lambdas)) if mse_values else 0)
     image = Image.new("RGB", (width, 400), "white")
     draw = ImageDraw.Draw(image)
     draw.text((10, 8), "toy DEEM, lambda_CSR ablation: mean +- std over seeds (dots: seeds)", fill="black")  # PIL's default font has no λ
@@ -125,7 +131,7 @@ def plot(table: dict[tuple[float, str, str], list[float]], lambdas: list[float],
     if mse_values:
         draw.line([(right, 30), (right, 340)], fill=(160, 160, 160))
         draw.text((right + 10, 22), "reconstruction MSE (lower is better)", fill="black")
-        _panel(draw, table, lambdas, (mse_label,), 1.2 * max(mse_values), right + 20)
+        _panel(draw, table, lambdas, (MSE_LABEL,), 1.2 * max(mse_values), right + 20)
     for index, lam in enumerate(lambdas):
         draw.rectangle([60 + index * 110, 370, 72 + index * 110, 382], fill=PALETTE[index % len(PALETTE)])
         draw.text((78 + index * 110, 370), f"lambda_CSR = {lam:g}", fill="black")
@@ -169,7 +175,7 @@ def write_report(folder: str | Path, docs_dir: str | Path | None = None) -> str:
     if docs_dir is not None:
         Path(docs_dir).mkdir(parents=True, exist_ok=True)
         (Path(docs_dir) / "toy_study_results.md").write_text(text)
-        plot(table, lambdas, Path(docs_dir) / "toy_study.png")
+        shutil.copyfile(folder / "toy_study.png", Path(docs_dir) / "toy_study.png")
     return text
 
 
