@@ -4,15 +4,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-fi
 stamp=.venv/.deem-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # The pinned torch is a CUDA build: the installed .venv takes about 6.4 GB. Say so up front rather than let pip
+  # stop half-way with "No space left on device" (seen on a CI machine).
+  need_kb=$((7 * 1024 * 1024))
+  for where in . "${TMPDIR:-/tmp}"; do
+    free_kb=$(df -Pk "$where" | awk 'NR == 2 {print $4}')
+    if [ "$free_kb" -lt "$need_kb" ]; then
+      echo "setup.sh: only $((free_kb / 1024)) MB free under $where; installing .venv needs about 7 GB" \
+        "(torch's CUDA build). Free some space and run it again." >&2
+      exit 1
+    fi
+  done
+  if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+    .venv/bin/python -m pip install --quiet --no-cache-dir --upgrade pip
+  fi
   # torch/torchvision are pinned in pyproject.toml; pip takes them from this machine's local wheels.
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet --no-cache-dir -e ".[dev]"
   echo "$want" > "$stamp"
 fi
 # Headless Chromium and its driver for the demo page's browser test (tests/test_demo_app.py): Debian's packages,
