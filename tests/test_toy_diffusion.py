@@ -4,6 +4,7 @@ as a whole and part by part (as DEEM loads its decoder), and reports its quality
 import json
 import math
 
+import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
@@ -46,3 +47,44 @@ def test_toy_diffusion_trains_saves_and_loads_back_as_a_stable_diffusion_pipelin
     assert 0.5 < float(latents.std()) < 2.0
     with Image.open(tmp_path / "samples.png") as grid:
         assert grid.size == (2 * 64, 3 * 64)
+
+
+def _encode_with_open_clip(model, ids: torch.Tensor) -> torch.Tensor:
+    """open_clip's token features before pooling: what SD reads from OpenCLIP's text tower."""
+    x = model.token_embedding(ids) + model.positional_embedding[: ids.shape[1]]
+    return model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+
+
+def test_the_toy_clips_text_tower_converts_exactly_and_conditions_the_toy_sd_frozen(tmp_path):
+    from toyworld import clip as toy_clip
+    from toyworld.text_encoder import clip_text_encoder
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        toy_clip.train(tmp_path / "clip", steps=2, batch_size=4, log_every=0, eval_images=8)
+        model, _, tokenizer = toy_clip.load(tmp_path / "clip")
+        encoder = clip_text_encoder(tmp_path / "clip")
+        ids = tokenizer(["A red star on a white background.", "Two blue circles.", ""])
+        with torch.no_grad():
+            expected, got = _encode_with_open_clip(model, ids), encoder(ids).last_hidden_state
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert (got[0] - got[1]).abs().max() > 0.1  # different captions, different features
+        assert not any(p.requires_grad for p in encoder.parameters())
+        # the SD tokenizer and the CLIP's give the same ids, so the pipeline feeds the tower what it learned on
+        sd_tokenizer = toy_sd.build_tokenizer(for_text_encoder=True)
+        sd_tokenizer.model_max_length = toy_sd.MAX_LENGTH
+        assert torch.equal(toy_sd.tokenize(sd_tokenizer, ["Two blue circles.", ""]), ids[1:])
+
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        report = toy_sd.train(tmp_path / "sd", vae_steps=1, unet_steps=2, batch_size=4, vae_batch_size=2,
+                              pool_size=16, log_every=0, eval_images=4, num_samples=2, num_inference_steps=2,
+                              text_encoder_from=tmp_path / "clip")
+    finally:
+        torch.set_num_threads(threads)
+    assert report["unet"]["text_encoder_from"] == str(tmp_path / "clip")
+    saved = StableDiffusionPipeline.from_pretrained(tmp_path / "sd").text_encoder
+    assert all(torch.equal(value, before[key]) for key, value in saved.state_dict().items())  # never trained
+    with pytest.raises(FileNotFoundError, match="holds no toy CLIP"):
+        toy_sd.train(tmp_path / "bad", unet_steps=1, text_encoder_from=tmp_path / "no-clip")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -27,6 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from modeling_deem.configuration_deem import SD21_DDPM_SCHEDULER_CONFIG
 
 from .datasets import photographs
+from .text_encoder import clip_text_encoder
 from .tokenizer import build as build_tokenizer
 
 MAX_LENGTH = 32  # the text encoder's positions: the pipeline pads every prompt to the tokenizer's model_max_length
@@ -119,28 +120,49 @@ def tokenize(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tens
     return tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
 
 
+@torch.no_grad()
+def encode_captions(text_encoder: CLIPTextModel, input_ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """A frozen text encoder's `last_hidden_state` of every caption, computed once."""
+    return torch.cat([text_encoder(input_ids[i : i + batch_size]).last_hidden_state
+                      for i in range(0, len(input_ids), batch_size)])
+
+
 def train_unet(moments: torch.Tensor, input_ids: torch.Tensor, empty_ids: torch.Tensor, scaling_factor: float,
-               steps: int, batch_size: int, lr: float, drop_caption: float,
-               log_every: int) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float]]:
-    """Epsilon prediction on SD 2.1's schedule; the text encoder learns with the UNet (there is no pretrained
-    one), and an empty caption 10% of the time teaches the unconditional branch classifier-free guidance uses."""
-    unet, text_encoder = UNet2DConditionModel(**UNET_CONFIG), CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+               steps: int, batch_size: int, lr: float, drop_caption: float, log_every: int,
+               text_encoder: CLIPTextModel | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float]]:
+    """Epsilon prediction on SD 2.1's schedule, and an empty caption 10% of the time teaches the unconditional
+    branch classifier-free guidance uses. Without `text_encoder` a fresh one learns with the UNet; a given one (a
+    pretrained text tower, as SD's OpenCLIP) stays frozen and every caption is encoded once."""
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    frozen = text_encoder is not None
+    if frozen:
+        if text_encoder.config.hidden_size != UNET_CONFIG["cross_attention_dim"]:
+            raise ValueError(f"The text encoder's width {text_encoder.config.hidden_size} is not the UNet's "
+                             f"cross_attention_dim {UNET_CONFIG['cross_attention_dim']}.")
+        text_encoder = text_encoder.eval().requires_grad_(False)
+        caption_states, empty_states = encode_captions(text_encoder, input_ids), encode_captions(text_encoder, empty_ids)
+    else:
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     scheduler = DDPMScheduler(**SD21_DDPM_SCHEDULER_CONFIG)
-    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    parameters = [*unet.parameters(), *([] if frozen else text_encoder.parameters())]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     schedule = warmup_cosine(optimizer, steps)
     losses: list[float] = []
     unet.train()
-    text_encoder.train()
+    text_encoder.train(not frozen)
     start = time.time()
     for step in range(steps):
         index = torch.randint(len(moments), (batch_size,))
         latents = sample_latents(moments[index]) * scaling_factor
-        ids = torch.where((torch.rand(batch_size) < drop_caption)[:, None], empty_ids, input_ids[index])
+        drop = torch.rand(batch_size) < drop_caption
+        if frozen:
+            states = torch.where(drop[:, None, None], empty_states, caption_states[index])
+        else:
+            states = text_encoder(torch.where(drop[:, None], empty_ids, input_ids[index])).last_hidden_state
         noise = torch.randn_like(latents)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,))
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, text_encoder(ids).last_hidden_state).sample
+        prediction = unet(noisy, timesteps, states).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad()
         loss.backward()
@@ -200,8 +222,21 @@ def evaluate(folder: Path, images: torch.Tensor, captions: list[str], seed: int,
 def train(output_dir: str | Path, vae_steps: int = 1200, unet_steps: int = 2000, batch_size: int = 32,
           vae_batch_size: int = 16, vae_lr: float = 2e-3, unet_lr: float = 4e-3, kl_weight: float = 1e-6,
           seed: int = 0, pool_size: int = 4096, log_every: int = 50, eval_images: int = 64, num_samples: int = 8,
-          num_inference_steps: int = 25, guidance_scale: float = 3.0) -> dict[str, Any]:
-    """Both trainings, the pipeline folder and its report; `pool_size` photographs are rendered once and reused."""
+          num_inference_steps: int = 25, guidance_scale: float = 3.0,
+          text_encoder_from: str | Path | None = None) -> dict[str, Any]:
+    """Both trainings, the pipeline folder and its report; `pool_size` photographs are rendered once and reused.
+    `text_encoder_from`: a toy CLIP folder whose text tower becomes the frozen text encoder (else one is trained
+    with the UNet)."""
+    tokenizer = build_tokenizer(for_text_encoder=True)
+    tokenizer.model_max_length = MAX_LENGTH
+    frozen_text_encoder = None
+    if text_encoder_from is not None:  # before anything is trained or written: a wrong folder fails at once
+        frozen_text_encoder = clip_text_encoder(text_encoder_from)
+        config = frozen_text_encoder.config
+        if config.vocab_size < len(tokenizer) or config.max_position_embeddings < MAX_LENGTH:
+            raise ValueError(f"The text tower in {text_encoder_from} has {config.vocab_size} tokens and "
+                             f"{config.max_position_embeddings} positions; the toy tokenizer needs {len(tokenizer)} "
+                             f"and {MAX_LENGTH}.")
     torch.manual_seed(seed)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -215,12 +250,10 @@ def train(output_dir: str | Path, vae_steps: int = 1200, unet_steps: int = 2000,
     latent_std = float(sample_latents(moments[:512]).std())
     vae.register_to_config(scaling_factor=1.0 / latent_std)  # unit-variance diffusion latents, as SD's 0.18215
 
-    tokenizer = build_tokenizer(for_text_encoder=True)
-    tokenizer.model_max_length = MAX_LENGTH
     unet_start = time.time()
     unet, text_encoder, unet_losses = train_unet(
         moments, tokenize(tokenizer, captions), tokenize(tokenizer, [""]), vae.config.scaling_factor, unet_steps,
-        batch_size, unet_lr, 0.1, log_every)
+        batch_size, unet_lr, 0.1, log_every, frozen_text_encoder)
     unet_seconds = time.time() - unet_start
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -242,6 +275,7 @@ def train(output_dir: str | Path, vae_steps: int = 1200, unet_steps: int = 2000,
                 **{key: quality[key] for key in ("reconstruction_mse", "reconstruction_psnr")}},
         "unet": {**part(unet_steps, batch_size, unet_lr, unet_seconds, unet_losses, unet),
                  "text_encoder_parameters": num_parameters(text_encoder),
+                 "text_encoder_from": None if text_encoder_from is None else str(text_encoder_from),
                  **{key: quality[key] for key in ("test_loss", "test_loss_without_caption")}},
         "eval_images": eval_images, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
         "seconds": round(time.time() - start, 1),
@@ -262,10 +296,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pool-size", type=int, default=4096, help="training photographs, rendered once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--text-encoder-from", metavar="CLIP_FOLDER",
+                        help="a toy CLIP (python -m toyworld.clip) whose text tower conditions the UNet, frozen, as "
+                             "OpenCLIP's does in SD 2.1; without it a text encoder is trained with the UNet")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = train(args.output_dir, args.vae_steps, args.unet_steps, args.batch_size, args.vae_batch_size,
-                   seed=args.seed, pool_size=args.pool_size)
+                   seed=args.seed, pool_size=args.pool_size, text_encoder_from=args.text_encoder_from)
     print(json.dumps(report, indent=2))
     return report
 

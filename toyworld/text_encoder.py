@@ -1,0 +1,68 @@
+"""The toy CLIP's text tower as a transformers `CLIPTextModel`: the toy "Stable Diffusion"'s frozen text encoder.
+
+Stable Diffusion 2.1 reads its captions through OpenCLIP's pretrained text tower and never trains it. The toy SD can
+do the same with the toy CLIP's: the weights are copied unchanged into the layout `StableDiffusionPipeline` loads
+(q / k / v split out of open_clip's fused in-projection), so the pipeline folder stays a standard diffusers one.
+Trained jointly from scratch instead, the SD's text encoder barely told shape words apart (a shape swap moved its
+output at that token a fifth as far as a colour swap), and the UNet never learned to draw shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .clip import load as load_clip
+
+# open_clip's activation classes -> transformers' names for the same functions
+ACTIVATIONS = {"GELU": "gelu", "QuickGELU": "quick_gelu"}
+
+
+def _text_config(model: torch.nn.Module, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> CLIPTextConfig:
+    """A `CLIPTextConfig` of the same shape as the open_clip text tower, or a clear error where none exists."""
+    blocks = model.transformer.resblocks
+    first = blocks[0]
+    if model.attn_mask is None:
+        raise ValueError("The CLIP's text tower has no causal mask; CLIPTextModel always applies one.")
+    if not all(isinstance(b.ls_1, torch.nn.Identity) and isinstance(b.ls_2, torch.nn.Identity) for b in blocks):
+        raise ValueError("The CLIP's text tower uses layer scale, which CLIPTextModel does not have.")
+    activation = type(first.mlp.gelu).__name__
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"The CLIP's text tower uses {activation}; CLIPTextModel supports {sorted(ACTIVATIONS)}.")
+    return CLIPTextConfig(
+        vocab_size=model.token_embedding.num_embeddings, hidden_size=model.token_embedding.embedding_dim,
+        intermediate_size=first.mlp.c_fc.out_features, num_hidden_layers=len(blocks),
+        num_attention_heads=first.attn.num_heads, max_position_embeddings=model.positional_embedding.shape[0],
+        hidden_act=ACTIVATIONS[activation], layer_norm_eps=first.ln_1.eps, bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+
+def clip_text_encoder(clip_folder: str | Path, bos_token_id: int = 1, eos_token_id: int = 2,
+                      pad_token_id: int = 3) -> CLIPTextModel:
+    """The text tower of the toy CLIP saved in `clip_folder`, as a frozen `CLIPTextModel` whose `last_hidden_state`
+    equals open_clip's token features after `ln_final` (before pooling and projection)."""
+    if not (Path(clip_folder) / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"{clip_folder} holds no toy CLIP (no open_clip_config.json; make one with "
+                                f"`python -m toyworld.clip --output-dir {clip_folder}`).")
+    model, _, _ = load_clip(clip_folder)
+    encoder = CLIPTextModel(_text_config(model, bos_token_id, eos_token_id, pad_token_id))
+    source = model.state_dict()
+    weights = {"embeddings.token_embedding.weight": source["token_embedding.weight"],
+               "embeddings.position_embedding.weight": source["positional_embedding"],
+               "final_layer_norm.weight": source["ln_final.weight"],
+               "final_layer_norm.bias": source["ln_final.bias"]}
+    for i in range(len(model.transformer.resblocks)):
+        old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for name in ("weight", "bias"):
+            for part, value in zip(("q", "k", "v"), source[old + f"attn.in_proj_{name}"].chunk(3)):
+                weights[new + f"self_attn.{part}_proj.{name}"] = value
+            for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+                weights[new + f"{b}.{name}"] = source[old + f"{a}.{name}"]
+    missing, unexpected = encoder.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"Converting the CLIP's text tower left missing {missing} / unexpected {unexpected} weights.")
+    return encoder.eval().requires_grad_(False)
