@@ -76,6 +76,12 @@ def test_the_toy_clips_text_tower_converts_exactly_and_conditions_the_toy_sd_fro
         sd_tokenizer.model_max_length = toy_sd.MAX_LENGTH
         assert torch.equal(toy_sd.tokenize(sd_tokenizer, ["Two blue circles.", ""]), ids[1:])
 
+        from toyworld.text_encoder import _text_config
+
+        model.attn_mask = None  # a tower CLIPTextModel cannot express is refused, not converted approximately
+        with pytest.raises(ValueError, match="no causal mask"):
+            _text_config(model, 1, 2, 3)
+
         before = {k: v.clone() for k, v in encoder.state_dict().items()}
         report = toy_sd.train(tmp_path / "sd", vae_steps=1, unet_steps=2, batch_size=4, vae_batch_size=2,
                               pool_size=16, log_every=0, eval_images=4, num_samples=2, num_inference_steps=2,
