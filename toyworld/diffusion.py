@@ -27,7 +27,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from modeling_deem.configuration_deem import SD21_DDPM_SCHEDULER_CONFIG
 
 from .datasets import photographs
-from .text_encoder import clip_text_encoder
 from .tokenizer import build as build_tokenizer
 
 MAX_LENGTH = 32  # the text encoder's positions: the pipeline pads every prompt to the tokenizer's model_max_length
@@ -231,6 +230,8 @@ def train(output_dir: str | Path, vae_steps: int = 1200, unet_steps: int = 2000,
     tokenizer.model_max_length = MAX_LENGTH
     frozen_text_encoder = None
     if text_encoder_from is not None:  # before anything is trained or written: a wrong folder fails at once
+        from .text_encoder import clip_text_encoder  # open_clip, only when asked for
+
         frozen_text_encoder = clip_text_encoder(text_encoder_from)
         config = frozen_text_encoder.config
         if config.vocab_size < len(tokenizer) or config.max_position_embeddings < MAX_LENGTH:
