@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Rebuilds hub_configs/deem-toy from nothing and checks it bit for bit: stage 0 (toy CLIP, SD, LM), the study's
 # shipped run alone (seed 0, λ_CSR 5, same settings as the study), shipped into a scratch folder, then compared
-# tensor by tensor with the repository's copy. 48 minutes on 2 CPU cores (run end to end on 2026-11-22: identical);
-# same thread count (2), same library versions as the shipped files (pyproject.toml pins them). Exit status 0 only
-# when every weight matches.
-# The deem-toy shipped now was made this way (run csr5-seed0 of outputs/toy-study5, a full study rebuilt from nothing
-# with the committed toy tokenizer); see docs/TOY_WORLD.md, What ships, for what has been checked to match.
+# tensor by tensor with the repository's copy. Same thread count (2), same library versions as the shipped files
+# (pyproject.toml pins them). Exit status 0 only when every weight matches.
+# The deem-toy shipped now was made this way on the stage-0 recipe that sees and draws shapes (the scripts' defaults:
+# max-pooled CLIP with layer scale 1.0, 8,000 UNet steps): run csr5-seed0 of a study folder built with those
+# settings; see docs/TOY_WORLD.md, What ships, for how long this takes and what has been checked to match.
 #   ./scripts/reproduce_deem_toy.sh [scratch folder, default outputs/toy-reproduce]
 set -euo pipefail
 cd "$(dirname "$0")/.."

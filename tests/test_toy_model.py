@@ -18,9 +18,11 @@ from toyworld.quality import reconstruction_mse
 
 SHIPPED = Path(__file__).resolve().parents[1] / "hub_configs" / "deem-toy"
 # Measured on these 24 images (seed 7, never used by training or the study's benchmarks; 247 questions) when the
-# model shipped: 0.470 overall, 0.629 on colour questions (see docs/TOY_WORLD.md). The floors sit just below.
+# model shipped: 0.486 overall, 0.543 on colour and 0.512 on position questions, whose most frequent answers give
+# 0.171 and 0.186 (see docs/TOY_WORLD.md). The floors sit just below. Shape answers (0.289 against 0.237) and size
+# answers (0.256 against 0.488) are too close to, or below, the image-blind prior on 38 and 43 questions to hold one.
 ACCURACY_FLOOR = 0.45
-COLOUR_FLOOR = 0.60
+TYPE_FLOORS = {"colour": 0.50, "position": 0.47}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +45,12 @@ def test_shipped_toy_deem_answers_held_out_questions_above_its_floor(answered) -
         by_type[record["question_type"]][record["answer"]] += 1
     blind = sum(counts.most_common(1)[0][1] for counts in by_type.values()) / len(records)
     assert accuracy >= ACCURACY_FLOOR and accuracy > blind, f"accuracy {accuracy:.3f} (image-blind best {blind:.3f})"
-    colour = [record["accuracy"] for record in records if record["question_type"] == "colour"]
-    colour_accuracy, colour_blind = sum(colour) / len(colour), by_type["colour"].most_common(1)[0][1] / len(colour)
-    # Colour is what the toy DEEM reads best: well above the most frequent colour (the toy CLIP is shape-blind).
-    assert colour_accuracy >= COLOUR_FLOOR and colour_accuracy > 1.5 * colour_blind, (colour_accuracy, colour_blind)
+    # Colour and position are what the toy DEEM reads best: well above each type's most frequent answer.
+    for question_type, floor in TYPE_FLOORS.items():
+        scores = [record["accuracy"] for record in records if record["question_type"] == question_type]
+        type_accuracy = sum(scores) / len(scores)
+        type_blind = by_type[question_type].most_common(1)[0][1] / len(scores)
+        assert type_accuracy >= floor and type_accuracy > 1.5 * type_blind, (question_type, type_accuracy, type_blind)
 
 
 def test_shipped_toy_deem_rebuilds_images_better_than_a_random_decoder() -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from toyworld.datasets import base_scene, instructions
-from toyworld.study import StudySettings, merged_settings, run_study
+from toyworld.study import StudySettings, merged_settings, run_stage0, run_study, stage0_flags
 from toyworld.study_report import write_report
 from toyworld.text import paper_conversation
 from trainers.train_deem import StageArguments
@@ -175,3 +175,36 @@ def test_a_second_invocation_adds_seeds_and_lambdas_but_refuses_other_settings(t
     with pytest.raises(ValueError, match="batch_size"):  # before any stage-0 part or dataset is built
         run_study(tmp_path, StudySettings(batch_size=8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+FIRST_RECIPE = {"clip_pool": "avg", "clip_layer_scale_init": 1e-6, "sd_unet_steps": 2000}
+
+
+def test_a_settings_record_from_before_the_stage0_recipe_was_recorded_means_the_first_recipe():
+    old = merged_settings(None, StudySettings(seeds=[0], lambdas=[5.0]))
+    for key in FIRST_RECIPE:
+        old.pop(key)
+    assert merged_settings(old, StudySettings(seeds=[1], lambdas=[5.0], **FIRST_RECIPE))["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="sd_unet_steps 2000 there, 8000 now"):
+        merged_settings(old, StudySettings(seeds=[1], lambdas=[5.0]))
+
+
+def test_stage0_parts_built_with_another_recipe_are_refused_before_anything_is_built(tmp_path):
+    clip = tmp_path / "stage0" / "clip"
+    clip.mkdir(parents=True)
+    (clip / "report.json").write_text(json.dumps({"steps": 3000}))  # an older CLIP: average pooling, timm's 1e-6
+    sd = tmp_path / "stage0" / "sd"
+    sd.mkdir()
+    (sd / "report.json").write_text(json.dumps({"unet": {"steps": 8000}}))
+    with pytest.raises(ValueError, match=r"clip was built with another recipe: clip_pool 'avg' there, 'max' asked; "
+                                         r"clip_layer_scale_init 1e-06 there, 1.0 asked"):
+        run_study(tmp_path, StudySettings())
+    assert not (tmp_path / "stage0" / "lm").exists() and not (tmp_path / "data").exists()
+    with pytest.raises(ValueError, match="sd_unet_steps 8000 there, 2000 asked"):
+        run_stage0(tmp_path, StudySettings(**FIRST_RECIPE))
+    assert not (tmp_path / "stage0" / "lm").exists()
+
+
+def test_the_study_passes_its_stage0_recipe_to_the_scripts_as_flags():
+    flags = stage0_flags(StudySettings(**FIRST_RECIPE))
+    assert flags["clip"] == ["--pool", "avg", "--layer-scale-init", "1e-06"] and flags["sd"] == ["--unet-steps", "2000"]

@@ -89,7 +89,7 @@ tags: [deem, toy]
 
 A small DEEM trained on the toy world of coloured shapes (run `{run}` of `python -m toyworld.study`, after stage
 II), with the three stage-0 parts it was assembled from under `stage0/` (toy CLIP, toy Stable Diffusion, toy LM).
-Weights are stored as float16 and load as float32. What it has learned, and what it has not (shapes), is measured
+Weights are stored as float16 and load as float32. What it has learned, and what it has not, is measured
 in the DEEM-HF repository's `docs/TOY_WORLD.md`.
 
 Load it with the DEEM-HF package installed (the classes come from the package, not from copies in this folder):
