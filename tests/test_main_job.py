@@ -41,6 +41,7 @@ def test_toy_main_job_answers_fresh_questions_and_writes_its_samples(tmp_path):
     assert len(report["answers"]) == 6 and all({"question", "answer", "truth", "correct"} <= set(a)
                                                 for a in report["answers"])
     assert report["accuracy"] == sum(a["correct"] for a in report["answers"]) / 6
+    assert report["guidance_scale"] == 1.0  # the toy SD draws clean shapes unguided
     assert "accuracy" in result.stdout and all(a["truth"] in result.stdout for a in report["answers"])
     grid = Image.open(tmp_path / "demo" / "samples.png")
     assert grid.size[1] == 3 * 96  # inputs, reconstructions, generations
