@@ -66,8 +66,10 @@ def test_text_to_image_clip_score_of_the_shipped_toy_deem() -> None:
     from toyworld.quality import text_to_image_clip_score
 
     model = DeemForConditionalGeneration.from_pretrained(SHIPPED, dtype=torch.float32).eval()
-    scores = text_to_image_clip_score(model, SHIPPED / "stage0" / "clip", num_captions=6, steps=4, seed=5)
-    assert scores == text_to_image_clip_score(model, SHIPPED / "stage0" / "clip", num_captions=6, steps=4, seed=5)
+    scores = text_to_image_clip_score(model, SHIPPED / "stage0" / "clip", num_captions=6, steps=4, seed=5,
+                                      guidance_scale=1.0)  # what the main job samples with
+    assert scores == text_to_image_clip_score(model, SHIPPED / "stage0" / "clip", num_captions=6, steps=4, seed=5,
+                                              guidance_scale=1.0)
     assert all(0.0 <= value <= 100.0 for value in scores.values())
     # The toy CLIP matches photographs with their own captions far better than generated images with others.
     assert scores["photographs"] > scores["generated_vs_other_captions"] + 10

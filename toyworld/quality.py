@@ -46,11 +46,12 @@ def reconstruction_mse(model: Any, num_images: int = 16, seed: int = 0, steps: i
 
 @torch.no_grad()
 def text_to_image_clip_score(model: Any, clip_folder: str | Path, num_captions: int = 16, seed: int = 0,
-                             steps: int = 25, split: str = "test") -> dict[str, float]:
+                             steps: int = 25, split: str = "test",
+                             guidance_scale: float | None = None) -> dict[str, float]:
     """CLIP score (100 · cosine, floored at 0, as torchmetrics' CLIPScore) of the toy CLIP between DEEM's images
     generated from held-out captions and those captions, next to two references on the same captions: the real
     photographs they describe (what a perfect generator would reach) and the generated images scored against
-    other captions (what images unrelated to their caption get)."""
+    other captions (what images unrelated to their caption get). `guidance_scale` None: the package's default."""
     from .clip import load as load_clip
 
     model = _load(model)
@@ -58,8 +59,9 @@ def text_to_image_clip_score(model: Any, clip_folder: str | Path, num_captions: 
     rows = photographs(split, num_rows=num_captions, seed=seed)
     captions, photos = list(rows["caption"]), [row[0] for row in rows["images"]]
     inputs = model.processor(text=captions, padding=True, padding_side="left", return_tensors="pt")
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     generated = model.generate(**inputs, generation_mode="image", num_inference_steps=steps,
-                               generator=torch.Generator().manual_seed(seed))
+                               generator=torch.Generator().manual_seed(seed), **guidance)
     text = torch.nn.functional.normalize(clip.encode_text(tokenizer(captions)), dim=-1)
 
     def score(images: list[Image.Image], texts: torch.Tensor) -> float:
