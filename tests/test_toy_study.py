@@ -208,3 +208,11 @@ def test_stage0_parts_built_with_another_recipe_are_refused_before_anything_is_b
 def test_the_study_passes_its_stage0_recipe_to_the_scripts_as_flags():
     flags = stage0_flags(StudySettings(**FIRST_RECIPE))
     assert flags["clip"] == ["--pool", "avg", "--layer-scale-init", "1e-06"] and flags["sd"] == ["--unet-steps", "2000"]
+
+
+def test_every_stage0_part_built_with_another_recipe_is_named(tmp_path):
+    for name, report in (("clip", {"pool": "avg", "layer_scale_init": None}), ("sd", {"unet": {"steps": 2000}})):
+        (tmp_path / "stage0" / name).mkdir(parents=True)
+        (tmp_path / "stage0" / name / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"clip was built .*clip_pool 'avg'.*sd was built .*sd_unet_steps 2000"):
+        run_stage0(tmp_path, StudySettings())

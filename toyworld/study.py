@@ -1,7 +1,8 @@
 """The CSR study on the toy world (issue 14; the paper's Tables 6, 7 and 10 in miniature), from nothing.
 
-Stage 0 pretrains the parts DEEM takes as given (toy CLIP, toy Stable Diffusion, toy LM; skipped when their
-folders are there), builds the data (stage I captions, stage II instructions, half of them in Figure 8's layout) and the
+Stage 0 pretrains the parts DEEM takes as given (toy CLIP, toy Stable Diffusion, toy LM, with the recipe the
+`--clip-*` / `--sd-*` settings give; a part already built with that recipe is reused, one built with another is
+refused), builds the data (stage I captions, stage II instructions, half of them in Figure 8's layout) and the
 benchmarks (toy RobustVQA built by `build-robustvqa` with the toy CLIP on the renditions, toy POPE, toy VQA on
 photographs of the test split), assembles DEEM with `from_components`, then for every seed and λ_CSR runs stage I
 and stage II through `python -m trainers.train_deem` (the shipped recipes, scaled down by flags only) and
@@ -9,6 +10,7 @@ evaluates both checkpoints with the real evaluators, plus the CSR path's reconst
 
     python -m toyworld.study --output-dir outputs/toy-study                # λ_CSR 0 vs 5, seeds 0 1 2
     python -m toyworld.study --output-dir outputs/toy-study --lambdas 0 1 5 10   # + the λ ablation
+    scripts/toy_study.sh outputs/toy-study     # the study in docs/: the first stage-0 recipe, pinned by flags
 
 Everything lands under --output-dir (stage0/, data/, bench/, runs/<λ>-<seed>/stage{1,2}/, results.json);
 `python -m toyworld.study_report` turns results.json into the table, the plot and the verdict.
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .clip import POOLS
 from .renditions import ROBUSTVQA_SOURCES
 
 STAGE0 = {"clip": "toyworld.clip", "lm": "toyworld.language_model", "sd": "toyworld.diffusion"}
@@ -96,12 +99,15 @@ def run_stage0(root: Path, settings: StudySettings) -> dict[str, Path]:
     """The three parts, each by its own script (a subprocess with its log); a part already built with the study's
     recipe is reused, one built with another is refused."""
     parts = {name: root / "stage0" / name for name in STAGE0}
-    for name, folder in parts.items():  # every built part checked before anything is built
+    refused = []  # every built part checked before anything is built
+    for name, folder in parts.items():
         if (folder / "report.json").exists():
             mismatches = stage0_mismatches(name, json.loads((folder / "report.json").read_text()), settings)
             if mismatches:
-                raise ValueError(f"{folder} was built with another recipe: {'; '.join(mismatches)}; use a new "
-                                 "--output-dir, the folder's recipe, or delete the part to rebuild it")
+                refused.append(f"{folder} was built with another recipe: {'; '.join(mismatches)}")
+    if refused:
+        raise ValueError(". ".join(refused) + "; use a new --output-dir, the folder's recipe, or delete a part to "
+                         "rebuild it")
     for name, module in STAGE0.items():
         folder = parts[name]
         if not (folder / "report.json").exists():
@@ -265,7 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     defaults = StudySettings()
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, list):
+        if name == "clip_pool":
+            parser.add_argument(flag, choices=POOLS, default=value)
+        elif isinstance(value, list):
             parser.add_argument(flag, type=type(value[0]), nargs="+", default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
