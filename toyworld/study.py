@@ -23,7 +23,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class StudySettings:
     warmup_steps: int = 30
     # Stage 0's recipe, passed to its scripts (their defaults). The first study ran on open_clip's average pooling,
     # timm's 1e-6 layer scale and 2,000 UNet steps: a CLIP at 0.20 zero-shot on shapes and an SD that drew blobs.
-    clip_pool: str = "max"
+    clip_pool: str = field(default="max", metadata={"choices": POOLS})
     clip_layer_scale_init: float = 1.0
     sd_unet_steps: int = 8000
 
@@ -83,10 +83,10 @@ def stage0_flags(settings: StudySettings) -> dict[str, list[str]]:
 def stage0_mismatches(name: str, report: dict[str, Any], settings: StudySettings) -> list[str]:
     """How a built part's report differs from the study's recipe (a CLIP saved before the options were recorded
     used open_clip's average pooling and timm's 1e-6 layer scale; None in a report is timm's 1e-6 too)."""
+    first = SETTINGS_BEFORE_RECORDED
     if name == "clip":
-        built = {"clip_pool": report.get("pool", "avg"), "clip_layer_scale_init": report.get("layer_scale_init")}
-        if built["clip_layer_scale_init"] is None:
-            built["clip_layer_scale_init"] = 1e-6
+        built = {"clip_pool": report.get("pool", first["clip_pool"]),
+                 "clip_layer_scale_init": report.get("layer_scale_init") or first["clip_layer_scale_init"]}
     elif name == "sd":
         built = {"sd_unet_steps": report["unet"]["steps"]}
     else:
@@ -269,14 +269,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--docs-dir", default=None, help="also write the table and the plot here (e.g. docs)")
     defaults = StudySettings()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if name == "clip_pool":
-            parser.add_argument(flag, choices=POOLS, default=value)
-        elif isinstance(value, list):
+    for setting in fields(defaults):
+        flag, value = "--" + setting.name.replace("_", "-"), getattr(defaults, setting.name)
+        if isinstance(value, list):
             parser.add_argument(flag, type=type(value[0]), nargs="+", default=value)
         else:
-            parser.add_argument(flag, type=type(value), default=value)
+            parser.add_argument(flag, type=type(value), default=value, choices=setting.metadata.get("choices"))
     args = vars(parser.parse_args(argv))
     output_dir, docs_dir = args.pop("output_dir"), args.pop("docs_dir")
     results = run_study(output_dir, StudySettings(**args))
