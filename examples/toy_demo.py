@@ -5,7 +5,8 @@ Fine-tunes it for a few stage-II steps with DeemTrainer on freshly generated toy
 through `AutoModel.from_pretrained(..., trust_remote_code=True)`, answers questions about freshly drawn test
 images through `pipeline("image-text-to-text")` (printed next to the truth, with the accuracy), rebuilds those
 images from the image encoder's own tokens (the CSR path), generates images from their captions (the NIP path),
-and writes `samples.png` (inputs / reconstructions / generations) and `report.json` to the output folder.
+and writes `samples.png` (inputs / reconstructions / generations) and `report.json` to the output folder, with
+how well the generations match their captions by the model's own toy CLIP.
 
 Run: .venv/bin/python examples/toy_demo.py --output-dir outputs/toy-demo
 """
@@ -31,6 +32,7 @@ from transformers import AutoModel, pipeline, set_seed  # noqa: E402
 from examples.deem_demo import image_grid  # noqa: E402
 from modeling_deem import DeemForConditionalGeneration  # noqa: E402
 from toyworld.datasets import instructions, rng_for, shown_scene  # noqa: E402
+from toyworld.quality import caption_match  # noqa: E402
 from toyworld.text import caption, questions  # noqa: E402
 from trainers import STAGES, DeemDataCollator, DeemTrainer  # noqa: E402
 
@@ -116,6 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
                                   generator=generator)
     image_grid([("inputs", [row["image"] for row in shown]), ("reconstructed", rebuilt),
                 ("generated", generated)]).save(out / "samples.png")
+    clip_folder = Path(args.model) / "stage0" / "clip"  # the toy CLIP the shipped model was assembled from
+    match = caption_match(generated, prompts, clip_folder) if clip_folder.is_dir() else None
+    if match is not None:
+        print(f"generations against their own captions: toy CLIP score {match['own_captions']:.1f} "
+              f"(against other captions {match['other_captions']:.1f})")
 
     report = {
         "model": args.model, "stage": recipe.name, "steps": args.steps, "guidance_scale": args.guidance_scale,
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         "log_history": trainer.state.log_history, "checkpoint": str(checkpoint),
         "reloaded_class": f"{type(reloaded).__module__}.{type(reloaded).__name__}",
         "answers": [{k: row[k] for k in ("question", "answer", "truth", "correct")} for row in rows],
-        "accuracy": accuracy, "image_prompts": prompts, "samples": str(out / "samples.png"),
+        "accuracy": accuracy, "image_prompts": prompts, "generation_caption_match": match,
+        "samples": str(out / "samples.png"),
         "seconds": round(time.time() - start, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -105,6 +105,18 @@ class DeemImageGenerationMixin:
         Rows must be left-padded (or unpadded) so that each ends at the last column. `image_inputs`: the
         diffusion backbone's inputs for images in the prompt (`diffusion_pixel_values`, `condition_input_ids`, ...).
         """
+        return self.prompt_condition_states(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)
+
+    def prompt_condition_states(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_masks: torch.Tensor | None = None,
+        **image_inputs: Any,
+    ) -> torch.Tensor:
+        """`prompt_conditions` with autograd on: what training the condition mapper differentiates
+        (`trainers.condition_alignment`); gradients reach whichever parameters require them."""
         return self._prompt_state(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)[0]
 
     def _prompt_state(

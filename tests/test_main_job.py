@@ -42,6 +42,8 @@ def test_toy_main_job_answers_fresh_questions_and_writes_its_samples(tmp_path):
                                                 for a in report["answers"])
     assert report["accuracy"] == sum(a["correct"] for a in report["answers"]) / 6
     assert report["guidance_scale"] == 1.0  # the toy SD draws clean shapes unguided
+    match = report["generation_caption_match"]  # by the shipped toy CLIP (2 sampling steps: values, not quality)
+    assert set(match) == {"own_captions", "other_captions"} and "toy CLIP score" in result.stdout
     assert "accuracy" in result.stdout and all(a["truth"] in result.stdout for a in report["answers"])
     grid = Image.open(tmp_path / "demo" / "samples.png")
     assert grid.size[1] == 3 * 96  # inputs, reconstructions, generations

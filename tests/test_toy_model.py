@@ -73,3 +73,6 @@ def test_text_to_image_clip_score_of_the_shipped_toy_deem() -> None:
     assert all(0.0 <= value <= 100.0 for value in scores.values())
     # The toy CLIP matches photographs with their own captions far better than generated images with others.
     assert scores["photographs"] > scores["generated_vs_other_captions"] + 10
+    # The generations follow their captions (condition alignment; measured when it shipped, these settings: 64.8
+    # with their own captions, 22.6 with others; before the alignment the two differed by about 1.5).
+    assert scores["generated"] > scores["generated_vs_other_captions"] + 25, scores

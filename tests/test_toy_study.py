@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,7 +69,9 @@ def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor
         save_file({"w": torch.randn(4, 4)}, study / "stage0" / part / "model.safetensors")
         (study / "stage0" / part / "config.json").write_text(json.dumps({"torch_dtype": "float32"}))
     (study / "results.json").write_text(json.dumps({"settings": {"seeds": [0]}, "runs": {}}))
-    sizes = ship(study, "csr5-seed0", tmp_path / "shipped")
+    with pytest.raises(ValueError, match="align_steps must be a whole number"):
+        ship(study, "csr5-seed0", tmp_path / "shipped", align_steps=-1)
+    sizes = ship(study, "csr5-seed0", tmp_path / "shipped", align_steps=0)  # the alignment has its own test
     out = tmp_path / "shipped"
     assert not list(out.glob("*.py")) and "auto_map" not in json.loads((out / "config.json").read_text())
     assert "auto_map" not in (out / "processor_config.json").read_text()  # nor in the nested image processor
@@ -80,6 +84,7 @@ def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor
     assert sizes["total"] > 0
     card = (out / "README.md").read_text()
     assert "run `csr5-seed0`" in card and str(tmp_path) not in card  # no paths of the machine that shipped it
+    assert "aligned" not in card
     from modeling_deem import DeemForConditionalGeneration
 
     loaded = DeemForConditionalGeneration.from_pretrained(out)  # float32 for CPU, float16's precision
@@ -216,3 +221,23 @@ def test_every_stage0_part_built_with_another_recipe_is_named(tmp_path):
         (tmp_path / "stage0" / name / "report.json").write_text(json.dumps(report))
     with pytest.raises(ValueError, match=r"clip was built .*clip_pool 'avg'.*sd was built .*sd_unet_steps 2000"):
         run_stage0(tmp_path, StudySettings())
+
+
+def test_align_shipped_changes_only_the_condition_mapper_and_records_it(tmp_path):
+    """On a copy of the real deem-toy, two steps: the mapper learns, every other shipped tensor keeps its bytes,
+    the folder still loads as float32 from float16 files, and stage0/settings.json records the alignment."""
+    from toyworld.ship import ALIGNMENT, align_shipped
+
+    shipped = Path(__file__).resolve().parents[1] / "hub_configs" / "deem-toy"
+    out = Path(shutil.copytree(shipped, tmp_path / "deem-toy"))
+    record = align_shipped(out, steps=2)
+    assert record["steps"] == 2 and record["learning_rate"] == ALIGNMENT["learning_rate"]
+    assert json.loads((out / "stage0" / "settings.json").read_text())["condition_alignment"] == record
+    before, after = load_file(shipped / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"context_proj", "condition_resampler"}
+    assert all(v.dtype == torch.float16 for v in after.values() if v.is_floating_point())
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "float32" and config["diffusion_model_name_or_path"] == "stage0/sd"
+    assert not list(out.glob("*.py")) and "aligned to the toy SD" in (out / "README.md").read_text()

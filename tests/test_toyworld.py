@@ -207,3 +207,9 @@ def test_toy_tokenizer_is_the_committed_file_the_shipped_language_model_was_trai
     built = json.loads((tmp_path / "tokenizer.json").read_text())
     shipped = Path(__file__).resolve().parents[1] / "hub_configs" / "deem-toy" / "stage0" / "lm" / "tokenizer.json"
     assert built["model"] == json.loads(BPE_FILE.read_text())["model"] == json.loads(shipped.read_text())["model"]
+
+
+def test_captions_alone_are_the_renditions_captions_row_for_row() -> None:
+    for kind in ("photo", "outline"):
+        assert tw.captions("test", 12, seed=3, kind=kind)["caption"] == tw.renditions(kind, "test", 12, seed=3)["caption"]
+    assert tw.captions("test", 12, seed=3)["caption"] != tw.captions("test", 12, seed=4)["caption"]

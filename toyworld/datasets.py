@@ -104,6 +104,17 @@ def _instruction_row(index: int, kind: str, seed: int, split: str, factors: Fact
             **_scene_columns(scene, index)}
 
 
+def captions(split: str = "train", num_rows: int = 4096, seed: int = 0, kind: str = "photo",
+             factors: Factors | None = None) -> Dataset:
+    """The `caption` column of `renditions(kind, split, num_rows, seed)` alone, row for row, without drawing
+    the images: text for text-only training (condition alignment)."""
+    def row(index: int) -> dict[str, Any]:
+        scene, _ = apply_rendition(kind, base_scene(index, seed, split, factors), rng_for(kind, seed, split, index))
+        return {"caption": caption(scene, rng_for("text", seed, split, index), MEDIUM.get(kind, "picture"))}
+
+    return Dataset.from_list([row(i) for i in range(num_rows)], features=Features({"caption": Value("string")}))
+
+
 def photographs(split: str = "train", num_rows: int | None = 256, seed: int = 0, size: int = 64,
                 factors: Factors | None = None, streaming: bool = False) -> Dataset | IterableDataset:
     """Image-caption rows in the collator's format: `text` holds the caption and one `<image>` marker (before

@@ -45,31 +45,42 @@ def reconstruction_mse(model: Any, num_images: int = 16, seed: int = 0, steps: i
 
 
 @torch.no_grad()
+def caption_match(images: list[Image.Image], captions: list[str], clip_folder: str | Path) -> dict[str, float]:
+    """The toy CLIP's score (100 · cosine, floored at 0, as torchmetrics' CLIPScore) of each image with its own
+    caption and with the next image's caption (what an image unrelated to its caption gets), averaged."""
+    from .clip import load as load_clip
+
+    if len(images) != len(captions) or len(images) < 2:
+        raise ValueError(f"caption_match needs as many captions as images, at least 2; got {len(images)} images "
+                         f"and {len(captions)} captions.")
+    clip, preprocess, tokenizer = load_clip(clip_folder)
+    text = torch.nn.functional.normalize(clip.encode_text(tokenizer(captions)), dim=-1)
+    embedded = torch.nn.functional.normalize(clip.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1)
+
+    def score(texts: torch.Tensor) -> float:
+        return float((100 * (embedded * texts).sum(-1)).clamp(min=0).mean())
+
+    return {"own_captions": score(text), "other_captions": score(text.roll(1, 0))}
+
+
+@torch.no_grad()
 def text_to_image_clip_score(model: Any, clip_folder: str | Path, num_captions: int = 16, seed: int = 0,
                              steps: int = 25, split: str = "test",
                              guidance_scale: float | None = None) -> dict[str, float]:
-    """CLIP score (100 · cosine, floored at 0, as torchmetrics' CLIPScore) of the toy CLIP between DEEM's images
-    generated from held-out captions and those captions, next to two references on the same captions: the real
-    photographs they describe (what a perfect generator would reach) and the generated images scored against
-    other captions (what images unrelated to their caption get). `guidance_scale` None: the package's default."""
-    from .clip import load as load_clip
-
+    """CLIP score (`caption_match`) of DEEM's images generated from held-out captions with those captions, next
+    to two references on the same captions: the real photographs they describe (what a perfect generator would
+    reach) and the generated images scored against other captions (what images unrelated to their caption get).
+    `guidance_scale` None: the package's default."""
     model = _load(model)
-    clip, preprocess, tokenizer = load_clip(clip_folder)
     rows = photographs(split, num_rows=num_captions, seed=seed)
     captions, photos = list(rows["caption"]), [row[0] for row in rows["images"]]
     inputs = model.processor(text=captions, padding=True, padding_side="left", return_tensors="pt")
     guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     generated = model.generate(**inputs, generation_mode="image", num_inference_steps=steps,
                                generator=torch.Generator().manual_seed(seed), **guidance)
-    text = torch.nn.functional.normalize(clip.encode_text(tokenizer(captions)), dim=-1)
-
-    def score(images: list[Image.Image], texts: torch.Tensor) -> float:
-        embedded = torch.nn.functional.normalize(clip.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1)
-        return float((100 * (embedded * texts).sum(-1)).clamp(min=0).mean())
-
-    return {"generated": score(generated, text), "photographs": score(photos, text),
-            "generated_vs_other_captions": score(generated, text.roll(1, 0))}
+    scores = caption_match(generated, captions, clip_folder)
+    return {"generated": scores["own_captions"], "photographs": caption_match(photos, captions, clip_folder)["own_captions"],
+            "generated_vs_other_captions": scores["other_captions"]}
 
 
 @torch.no_grad()

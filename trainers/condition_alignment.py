@@ -1,0 +1,178 @@
+"""Condition alignment: fit DEEM's generation-side condition mapper to a diffusion model's own text encoder.
+
+DEEM's image decoder reads captions through the LLM: the caption's LLM states, reversed, go through
+`context_proj` and the condition resampler to the frozen UNet's cross-attention (the NIP path). In the paper that
+mapper learns from the NIP denoising loss alone, over millions of images. A small model trained on little data
+learns a condition that carries the caption (a linear probe reads it) in a language the frozen UNet does not read,
+so its images ignore their captions. GILL (Koh et al., 2023) fits the same kind of mapper directly: mean squared
+error between the mapper's tokens and the diffusion model's own text-encoder states for the same caption. The UNet
+was trained on exactly those states, so a mapper that imitates them is one it reads. This is that loss, on DEEM's
+mapper only; it is not one of the paper's stages. Nothing but `context_proj` and the condition resampler learns,
+so question answering and the CSR path are untouched (neither reads them).
+
+    python -m trainers.condition_alignment --model_name_or_path hub_configs/deem-toy \
+        --captions captions.jsonl --output_dir outputs/aligned --max_steps 3000 --use_cpu
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, load_dataset
+from transformers import AutoTokenizer, CLIPTextModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from modeling_deem import DeemForConditionalGeneration
+
+CONDITION_MAPPER = ("context_proj", "condition_resampler")
+_UNSET = object()
+
+
+def freeze_all_but_condition_mapper(model: torch.nn.Module) -> list[str]:
+    """Only `context_proj` and the condition resampler keep gradients; returns their parameters' names."""
+    trainable = []
+    for name, parameter in model.named_parameters():
+        keep = name.split(".")[0] in CONDITION_MAPPER
+        parameter.requires_grad_(keep)
+        if keep:
+            trainable.append(name)
+    return trainable
+
+
+@dataclass
+class ConditionAlignmentCollator:
+    """Caption rows → the DEEM prompts (left-padded, as image generation reads them) and the diffusion tokenizer's
+    ids of the same captions, padded to its full length as Stable Diffusion's pipelines encode prompts."""
+
+    processor: Any
+    text_tokenizer: Any
+    caption_column: str = "caption"
+
+    def __post_init__(self) -> None:
+        # A fast tokenizer keeps the padding side of its last call in its backend (and writes it into
+        # tokenizer.json on save): left-padding through a copy leaves the caller's processor as it was.
+        self.processor = copy.deepcopy(self.processor)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        captions = []
+        for index, row in enumerate(rows):
+            if self.caption_column not in row:
+                raise KeyError(f"Row {index} has no {self.caption_column!r} column (it has {sorted(row)}).")
+            caption = row[self.caption_column]
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"Row {index}'s {self.caption_column!r} must be a non-empty string, got {caption!r}.")
+            captions.append(caption)
+        prompts = self.processor(text=captions, padding=True, padding_side="left", return_tensors="pt")
+        targets = self.text_tokenizer(captions, padding="max_length", max_length=self.text_tokenizer.model_max_length,
+                                      truncation=True, return_tensors="pt")
+        return {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"],
+                "target_input_ids": targets["input_ids"]}
+
+
+class ConditionAlignmentTrainer(Trainer):
+    """transformers' Trainer with GILL's mapper loss: MSE between DEEM's condition for a caption prompt and the
+    first `num_image_tokens` states of the frozen text encoder for that caption. The DEEM model is frozen but for
+    its condition mapper; the text encoder never learns and is not saved."""
+
+    def __init__(self, model: DeemForConditionalGeneration, args: TrainingArguments, *, text_encoder: CLIPTextModel,
+                 text_tokenizer: Any, caption_column: str = "caption", processing_class: Any = None,
+                 **kwargs: Any) -> None:
+        config = model.config
+        if not getattr(config, "with_image_decoder", False):
+            raise ValueError("Condition alignment needs a DEEM model with an image decoder (with_image_decoder).")
+        if text_encoder.config.hidden_size != config.cross_attention_dim:
+            raise ValueError(f"The text encoder's width {text_encoder.config.hidden_size} is not the UNet's "
+                             f"cross_attention_dim {config.cross_attention_dim}: it is not the UNet's text encoder.")
+        if config.num_image_tokens > text_tokenizer.model_max_length:
+            raise ValueError(f"DEEM's condition has {config.num_image_tokens} tokens but the text tokenizer gives "
+                             f"{text_tokenizer.model_max_length}: there is no target for the last ones.")
+        processing_class = processing_class if processing_class is not None else model.processor
+        if processing_class is None:
+            raise ValueError("No DEEM processor: pass processing_class or load a model saved with its processor.")
+        freeze_all_but_condition_mapper(model)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        args.remove_unused_columns = False  # the collator reads the caption column itself
+        kwargs.setdefault("data_collator", ConditionAlignmentCollator(processing_class, text_tokenizer, caption_column))
+        use_cache = config.__dict__.get("use_cache", _UNSET)
+        super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        # Trainer writes args.use_cache into the model's config, and so into the saved one; this loss never
+        # caches (the LLM runs with use_cache=False), so the model keeps the setting it came with.
+        if use_cache is _UNSET:
+            del config.use_cache
+        else:
+            config.use_cache = use_cache
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target_ids = inputs["target_input_ids"]
+        if next(self.text_encoder.parameters()).device != target_ids.device:
+            self.text_encoder.to(target_ids.device)
+        with torch.no_grad():
+            targets = self.text_encoder(target_ids).last_hidden_state[:, : model.config.num_image_tokens]
+        condition = model.prompt_condition_states(inputs["input_ids"], inputs["attention_mask"])
+        loss = F.mse_loss(condition.float(), targets.float())
+        return (loss, {"condition": condition}) if return_outputs else loss
+
+
+def load_text_encoder(diffusion_model: str | Path) -> tuple[CLIPTextModel, Any]:
+    """The text encoder and tokenizer of a diffusers Stable Diffusion folder (or hub id)."""
+    return (CLIPTextModel.from_pretrained(str(diffusion_model), subfolder="text_encoder"),
+            AutoTokenizer.from_pretrained(str(diffusion_model), subfolder="tokenizer"))
+
+
+def diffusion_model_path(model_path: str | Path, config: Any) -> str:
+    """The model's `diffusion_model_name_or_path`, read relative to the model's folder when it names one there
+    (shipped folders keep their parts beside the weights, as `stage0/sd`)."""
+    name = getattr(config, "diffusion_model_name_or_path", None)
+    if not name:
+        raise ValueError("The model's config names no diffusion model; pass --diffusion_model_name_or_path.")
+    local = Path(model_path) / name
+    return str(local) if local.is_dir() else name
+
+
+@dataclass
+class AlignmentArguments:
+    model_name_or_path: str = field(metadata={"help": "A saved DEEM folder (or hub id) with an image decoder."})
+    captions: str = field(metadata={"help": "A json/jsonl/csv/parquet file of captions, or a .txt with one a line."})
+    caption_column: str = field(default="caption", metadata={"help": "The captions' column (a .txt's is 'text')."})
+    diffusion_model_name_or_path: str | None = field(default=None, metadata={
+        "help": "The Stable Diffusion folder whose text encoder is the target; defaults to the model config's."})
+
+
+def load_captions(path: str | Path) -> Dataset:
+    """A caption file as a `datasets` Dataset, by its extension."""
+    path = Path(path)
+    kinds = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+    if path.suffix not in kinds:
+        raise ValueError(f"Captions must be one of {sorted(kinds)} files, got {str(path)!r}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No caption file at {str(path)!r}.")
+    return load_dataset(kinds[path.suffix], data_files=str(path), split="train")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((AlignmentArguments, TrainingArguments))
+    alignment, training = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    captions = load_captions(alignment.captions)
+    if alignment.caption_column not in captions.column_names:
+        raise ValueError(f"{alignment.captions!r} has no {alignment.caption_column!r} column (it has "
+                         f"{captions.column_names}); set --caption_column.")
+    set_seed(training.seed)
+    model = DeemForConditionalGeneration.from_pretrained(alignment.model_name_or_path)
+    diffusion = alignment.diffusion_model_name_or_path or diffusion_model_path(alignment.model_name_or_path,
+                                                                              model.config)
+    text_encoder, text_tokenizer = load_text_encoder(diffusion)
+    trainer = ConditionAlignmentTrainer(model, training, text_encoder=text_encoder, text_tokenizer=text_tokenizer,
+                                        caption_column=alignment.caption_column, train_dataset=captions)
+    metrics = trainer.train().metrics
+    trainer.save_model()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
