@@ -91,33 +91,24 @@ class DeemImageGenerationMixin:
             return self.generate_images(*args, **kwargs)
         raise ValueError(f"generation_mode must be 'text' or 'image', got {generation_mode!r}")
 
-    @torch.no_grad()
     def prompt_conditions(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_masks: torch.Tensor | None = None,
+        with_grad: bool = False,
         **image_inputs: Any,
     ) -> torch.Tensor:
         """One UNet condition per row, from the row's document up to a final `<|startofimage|>` (added if absent).
 
         Rows must be left-padded (or unpadded) so that each ends at the last column. `image_inputs`: the
         diffusion backbone's inputs for images in the prompt (`diffusion_pixel_values`, `condition_input_ids`, ...).
+        `with_grad=True` keeps autograd on (training the condition mapper, `trainers.condition_alignment`);
+        otherwise no graph is built.
         """
-        return self.prompt_condition_states(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)
-
-    def prompt_condition_states(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        image_masks: torch.Tensor | None = None,
-        **image_inputs: Any,
-    ) -> torch.Tensor:
-        """`prompt_conditions` with autograd on: what training the condition mapper differentiates
-        (`trainers.condition_alignment`); gradients reach whichever parameters require them."""
-        return self._prompt_state(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)[0]
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+            return self._prompt_state(input_ids, attention_mask, pixel_values, image_masks, **image_inputs)[0]
 
     def _prompt_state(
         self,

@@ -75,11 +75,13 @@ def test_alignment_moves_the_condition_to_the_text_encoder_and_only_the_mapper_l
     assert all(torch.equal(v, encoder_before[k]) for k, v in encoder.state_dict().items())
 
 
-def test_prompt_condition_states_carry_gradients_where_prompt_conditions_do_not(processor) -> None:
+def test_prompt_conditions_carry_gradients_only_when_asked(processor) -> None:
     model = model_with_processor(processor)
     batch = ConditionAlignmentCollator(processor, text_tokenizer(processor))([{"caption": "a red circle"}])
-    assert model.prompt_condition_states(batch["input_ids"], batch["attention_mask"]).requires_grad
+    assert model.prompt_conditions(batch["input_ids"], batch["attention_mask"], with_grad=True).requires_grad
     assert not model.prompt_conditions(batch["input_ids"], batch["attention_mask"]).requires_grad
+    with torch.no_grad():
+        assert not model.prompt_conditions(batch["input_ids"], batch["attention_mask"], with_grad=True).requires_grad
 
 
 def test_collator_gives_generation_prompts_and_full_length_targets(processor) -> None:

@@ -114,7 +114,7 @@ class ConditionAlignmentTrainer(Trainer):
             self.text_encoder.to(target_ids.device)
         with torch.no_grad():
             targets = self.text_encoder(target_ids).last_hidden_state[:, : model.config.num_image_tokens]
-        condition = model.prompt_condition_states(inputs["input_ids"], inputs["attention_mask"])
+        condition = model.prompt_conditions(inputs["input_ids"], inputs["attention_mask"], with_grad=True)
         loss = F.mse_loss(condition.float(), targets.float())
         return (loss, {"condition": condition}) if return_outputs else loss
 
