@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     image_grid([("inputs", [row["image"] for row in shown]), ("reconstructed", rebuilt),
                 ("generated", generated)]).save(out / "samples.png")
     clip_folder = Path(args.model) / "stage0" / "clip"  # the toy CLIP the shipped model was assembled from
-    match = caption_match(generated, prompts, clip_folder) if clip_folder.is_dir() else None
+    match = caption_match(generated, prompts, clip_folder) if clip_folder.is_dir() and len(prompts) > 1 else None
     if match is not None:
         print(f"generations against their own captions: toy CLIP score {match['own_captions']:.1f} "
               f"(against other captions {match['other_captions']:.1f})")

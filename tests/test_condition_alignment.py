@@ -68,8 +68,10 @@ def test_alignment_moves_the_condition_to_the_text_encoder_and_only_the_mapper_l
     error_before = alignment_error(model.eval(), encoder, tokenizer, processor)
     trainer = ConditionAlignmentTrainer(model, arguments(tmp_path, steps=30), text_encoder=encoder,
                                         text_tokenizer=tokenizer, train_dataset=Dataset.from_dict({"caption": CAPTIONS}))
+    first_eval = trainer.evaluate(Dataset.from_dict({"caption": CAPTIONS[:6]}))["eval_loss"]
     trainer.train()
     assert alignment_error(model.eval(), encoder, tokenizer, processor) < 0.5 * error_before
+    assert trainer.evaluate(Dataset.from_dict({"caption": CAPTIONS[:6]}))["eval_loss"] < 0.5 * first_eval
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"context_proj", "condition_resampler"}
     assert all(torch.equal(v, encoder_before[k]) for k, v in encoder.state_dict().items())
@@ -86,8 +88,16 @@ def test_prompt_conditions_carry_gradients_only_when_asked(processor) -> None:
 
 def test_collator_gives_generation_prompts_and_full_length_targets(processor) -> None:
     tokenizer = text_tokenizer(processor, length=80)
-    batch = ConditionAlignmentCollator(processor, tokenizer)([{"caption": "a red circle"}, {"caption": CAPTIONS[4]}])
+    rows = [{"caption": "a red circle"}, {"caption": CAPTIONS[4]}]
+    batch = ConditionAlignmentCollator(processor, tokenizer)(rows)
     assert batch["target_input_ids"].shape == (2, 80)
+    tokenizer.padding_side = "left"  # the targets' positions are the encoder's: always right-padded
+    assert torch.equal(ConditionAlignmentCollator(processor, tokenizer)(rows)["target_input_ids"],
+                       batch["target_input_ids"])
+    assert tokenizer.padding_side == "left"
+    # A tokenizer without a length limit (model_max_length 1e30) pads to the trainer's bound instead.
+    unbounded = ConditionAlignmentCollator(processor, text_tokenizer(processor, length=int(1e30)), target_length=80)
+    assert torch.equal(unbounded(rows)["target_input_ids"], batch["target_input_ids"])
     assert batch["attention_mask"][:, -1].all() and not batch["attention_mask"][0, 0]  # left-padded
     with pytest.raises(KeyError, match="'caption'"):
         ConditionAlignmentCollator(processor, tokenizer)([{"text": "a red circle"}])
@@ -100,9 +110,14 @@ def test_trainer_refuses_a_text_encoder_that_cannot_be_the_target(processor, tmp
     with pytest.raises(ValueError, match="width 48 is not the UNet's cross_attention_dim 32"):
         ConditionAlignmentTrainer(model, arguments(tmp_path), text_encoder=text_encoder(width=48),
                                   text_tokenizer=text_tokenizer(processor), train_dataset=data)
-    with pytest.raises(ValueError, match="77 tokens but the text tokenizer gives 32"):
+    with pytest.raises(ValueError, match="77 tokens but the text encoder gives 32"):
         ConditionAlignmentTrainer(model, arguments(tmp_path), text_encoder=text_encoder(),
                                   text_tokenizer=text_tokenizer(processor, length=32), train_dataset=data)
+    short_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=512, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=40))
+    with pytest.raises(ValueError, match="encoder max_position_embeddings 40"):
+        ConditionAlignmentTrainer(model, arguments(tmp_path), text_encoder=short_encoder,
+                                  text_tokenizer=text_tokenizer(processor, length=int(1e30)), train_dataset=data)
     without_decoder = DeemForConditionalGeneration(DeemConfig.from_pretrained(TINY, with_image_decoder=False))
     with pytest.raises(ValueError, match="image decoder"):
         ConditionAlignmentTrainer(without_decoder, arguments(tmp_path), text_encoder=text_encoder(),
@@ -136,6 +151,13 @@ def test_command_line_aligns_a_saved_model_against_its_own_diffusion_folder(proc
     assert torch.equal(aligned.unet.conv_in.weight, original.unet.conv_in.weight)
     with pytest.raises(ValueError, match="no 'label' column"):
         main([*argv, "--caption_column", "label"])
+    (tmp_path / "gaps.jsonl").write_text("".join(json.dumps({"caption": c}) + "\n" for c in ["a red circle", "", " "]))
+    with pytest.raises(ValueError, match=r"2 empty or missing captions \(rows \[1, 2\]\)"):
+        main([*argv[:2], "--captions", str(tmp_path / "gaps.jsonl"), *argv[4:]])
+    model.config.diffusion_model_name_or_path = str(tmp_path / "nowhere")
+    model.save_pretrained(tmp_path / "lost")
+    with pytest.raises(OSError, match="No text encoder and tokenizer at .*nowhere"):
+        main(["--model_name_or_path", str(tmp_path / "lost"), *argv[2:]])
 
 
 def test_training_leaves_the_processor_and_the_cache_setting_as_they_were(processor, tmp_path) -> None:

@@ -230,7 +230,9 @@ def test_align_shipped_changes_only_the_condition_mapper_and_records_it(tmp_path
 
     shipped = Path(__file__).resolve().parents[1] / "hub_configs" / "deem-toy"
     out = Path(shutil.copytree(shipped, tmp_path / "deem-toy"))
-    record = align_shipped(out, steps=2)
+    with pytest.raises(ValueError, match="already aligned"):  # the shipped model is
+        align_shipped(out, steps=2)
+    record = align_shipped(out, steps=2, force=True)
     assert record["steps"] == 2 and record["learning_rate"] == ALIGNMENT["learning_rate"]
     assert json.loads((out / "stage0" / "settings.json").read_text())["condition_alignment"] == record
     before, after = load_file(shipped / "model.safetensors"), load_file(out / "model.safetensors")
@@ -240,4 +242,6 @@ def test_align_shipped_changes_only_the_condition_mapper_and_records_it(tmp_path
     assert all(v.dtype == torch.float16 for v in after.values() if v.is_floating_point())
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "float32" and config["diffusion_model_name_or_path"] == "stage0/sd"
-    assert not list(out.glob("*.py")) and "aligned to the toy SD" in (out / "README.md").read_text()
+    assert not list(out.glob("*.py")) and "aligned to the toy SD's text encoder" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="whole number ≥ 1"):
+        align_shipped(out, steps=0, force=True)

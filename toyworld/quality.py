@@ -47,7 +47,8 @@ def reconstruction_mse(model: Any, num_images: int = 16, seed: int = 0, steps: i
 @torch.no_grad()
 def caption_match(images: list[Image.Image], captions: list[str], clip_folder: str | Path) -> dict[str, float]:
     """The toy CLIP's score (100 · cosine, floored at 0, as torchmetrics' CLIPScore) of each image with its own
-    caption and with the next image's caption (what an image unrelated to its caption gets), averaged."""
+    caption and with the previous image's caption (what an image unrelated to its caption gets; a repeated
+    caption counts as another), averaged."""
     from .clip import load as load_clip
 
     if len(images) != len(captions) or len(images) < 2:

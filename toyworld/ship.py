@@ -93,11 +93,12 @@ def _write_deem(model: DeemForConditionalGeneration, output: Path) -> None:
     (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
-def align_shipped(output: str | Path, steps: int = ALIGNMENT["steps"]) -> dict[str, float]:
+def align_shipped(output: str | Path, steps: int = ALIGNMENT["steps"], force: bool = False) -> dict[str, float]:
     """Condition alignment (`trainers.condition_alignment`) of a shipped deem-toy folder, in place: its NIP
     condition mapper learns to give the toy SD's text-encoder states for the world's training captions, so that
     its generations follow their captions. Starts from the weights as shipped (float16, loaded as float32), so
-    aligning the shipped stage-II model again gives the same bits. Recorded in `stage0/settings.json`."""
+    aligning the shipped stage-II model again gives the same bits. Recorded in `stage0/settings.json`; a folder
+    already aligned is refused unless `force` (aligning twice is not what ships)."""
     from transformers import TrainingArguments
 
     from trainers.condition_alignment import ConditionAlignmentTrainer, load_text_encoder
@@ -105,6 +106,13 @@ def align_shipped(output: str | Path, steps: int = ALIGNMENT["steps"]) -> dict[s
     from .datasets import captions
 
     output = Path(output)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}.")
+    settings_path = output / "stage0" / "settings.json"
+    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    if "condition_alignment" in settings and not force:
+        raise ValueError(f"{str(output)!r} is already aligned ({settings_path} records it); pass force=True to align "
+                         "it again.")
     model = DeemForConditionalGeneration.from_pretrained(output, dtype=torch.float32)
     text_encoder, text_tokenizer = load_text_encoder(output / "stage0" / "sd")
     recipe = {**ALIGNMENT, "steps": steps}
@@ -120,8 +128,6 @@ def align_shipped(output: str | Path, steps: int = ALIGNMENT["steps"]) -> dict[s
         metrics = trainer.train().metrics
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     _write_deem(model.eval(), output)
-    settings_path = output / "stage0" / "settings.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
     settings["condition_alignment"] = {**recipe, "first_logged_loss": losses[0], "last_logged_loss": losses[-1],
                                        "seconds": round(metrics["train_runtime"], 1)}
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -132,8 +138,8 @@ def align_shipped(output: str | Path, steps: int = ALIGNMENT["steps"]) -> dict[s
 def write_card(output: Path, run: str, aligned: bool = True) -> None:
     """The folder's README: what the checkpoint is and how to load it (save_pretrained's generic card names this
     machine's paths and promises code copies that shipping removes)."""
-    alignment = (", then its generation condition aligned to the toy SD's text encoder by "
-                 "`trainers.condition_alignment`" if aligned else "")
+    alignment = ("Its generation condition was then aligned to the toy SD's text encoder "
+                 "(`trainers.condition_alignment`).\n" if aligned else "")
     (output / "README.md").write_text(f"""---
 library_name: transformers
 pipeline_tag: image-text-to-text
@@ -143,9 +149,8 @@ tags: [deem, toy]
 # deem-toy
 
 A small DEEM trained on the toy world of coloured shapes (run `{run}` of `python -m toyworld.study`, after stage
-II{alignment}), with the three stage-0 parts it was assembled from under `stage0/` (toy CLIP, toy Stable Diffusion,
-toy LM).
-Weights are stored as float16 and load as float32. What it has learned, and what it has not, is measured
+II), with the three stage-0 parts it was assembled from under `stage0/` (toy CLIP, toy Stable Diffusion, toy LM).
+{alignment}Weights are stored as float16 and load as float32. What it has learned, and what it has not, is measured
 in the DEEM-HF repository's `docs/TOY_WORLD.md`.
 
 Load it with the DEEM-HF package installed (the classes come from the package, not from copies in this folder):

@@ -1,11 +1,12 @@
 """Training DEEM with transformers' Trainer: the stage recipes, the collator and generated data."""
 
 from .collator import DeemDataCollator
+from .condition_alignment import ConditionAlignmentTrainer
 from .deem_trainer import DeemTrainer
 from .stages import STAGES, StageRecipe, apply_stage, get_stage
 from .synthetic_data import make_shapes_dataset
 
-__all__ = ["STAGES", "DeemDataCollator", "DeemTrainer", "StageRecipe", "apply_stage", "get_stage",
+__all__ = ["STAGES", "ConditionAlignmentTrainer", "DeemDataCollator", "DeemTrainer", "StageRecipe", "apply_stage", "get_stage",
            "make_shapes_dataset"]
 
 

@@ -11,7 +11,8 @@ mapper only; it is not one of the paper's stages. Nothing but `context_proj` and
 so question answering and the CSR path are untouched (neither reads them).
 
     python -m trainers.condition_alignment --model_name_or_path hub_configs/deem-toy \
-        --captions captions.jsonl --output_dir outputs/aligned --max_steps 3000 --use_cpu
+        --captions captions.jsonl --output_dir outputs/aligned --max_steps 3000 --learning_rate 3e-3 \
+        --per_device_train_batch_size 64 --weight_decay 0 --warmup_steps 150 --lr_scheduler_type cosine --use_cpu
 """
 
 from __future__ import annotations
@@ -47,37 +48,44 @@ def freeze_all_but_condition_mapper(model: torch.nn.Module) -> list[str]:
 @dataclass
 class ConditionAlignmentCollator:
     """Caption rows → the DEEM prompts (left-padded, as image generation reads them) and the diffusion tokenizer's
-    ids of the same captions, padded to its full length as Stable Diffusion's pipelines encode prompts."""
+    ids of the same captions, right-padded to `target_length` (default: the tokenizer's full length) as Stable
+    Diffusion's pipelines encode prompts."""
 
     processor: Any
     text_tokenizer: Any
     caption_column: str = "caption"
+    target_length: int | None = None
 
     def __post_init__(self) -> None:
         # A fast tokenizer keeps the padding side of its last call in its backend (and writes it into
-        # tokenizer.json on save): left-padding through a copy leaves the caller's processor as it was.
+        # tokenizer.json on save): padding through copies leaves the caller's tokenizers as they were.
         self.processor = copy.deepcopy(self.processor)
+        self.text_tokenizer = copy.deepcopy(self.text_tokenizer)
+        if self.target_length is None:
+            self.target_length = self.text_tokenizer.model_max_length
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         captions = []
         for index, row in enumerate(rows):
             if self.caption_column not in row:
-                raise KeyError(f"Row {index} has no {self.caption_column!r} column (it has {sorted(row)}).")
+                raise KeyError(f"Batch row {index} has no {self.caption_column!r} column (it has {sorted(row)}).")
             caption = row[self.caption_column]
             if not isinstance(caption, str) or not caption.strip():
-                raise ValueError(f"Row {index}'s {self.caption_column!r} must be a non-empty string, got {caption!r}.")
+                raise ValueError(f"Batch row {index}'s {self.caption_column!r} must be a non-empty string, got "
+                                 f"{caption!r}.")
             captions.append(caption)
         prompts = self.processor(text=captions, padding=True, padding_side="left", return_tensors="pt")
-        targets = self.text_tokenizer(captions, padding="max_length", max_length=self.text_tokenizer.model_max_length,
-                                      truncation=True, return_tensors="pt")
+        targets = self.text_tokenizer(captions, padding="max_length", max_length=self.target_length, truncation=True,
+                                      padding_side="right", return_tensors="pt")
         return {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"],
                 "target_input_ids": targets["input_ids"]}
 
 
 class ConditionAlignmentTrainer(Trainer):
     """transformers' Trainer with GILL's mapper loss: MSE between DEEM's condition for a caption prompt and the
-    first `num_image_tokens` states of the frozen text encoder for that caption. The DEEM model is frozen but for
-    its condition mapper; the text encoder never learns and is not saved."""
+    first `num_image_tokens` states of the frozen text encoder for that caption. The DEEM model given is frozen
+    in place but for its condition mapper (`requires_grad`); the text encoder never learns and is not saved. One
+    process: the loss calls the model's own methods, not its forward, which DDP/DeepSpeed wrappers need."""
 
     def __init__(self, model: DeemForConditionalGeneration, args: TrainingArguments, *, text_encoder: CLIPTextModel,
                  text_tokenizer: Any, caption_column: str = "caption", processing_class: Any = None,
@@ -88,16 +96,24 @@ class ConditionAlignmentTrainer(Trainer):
         if text_encoder.config.hidden_size != config.cross_attention_dim:
             raise ValueError(f"The text encoder's width {text_encoder.config.hidden_size} is not the UNet's "
                              f"cross_attention_dim {config.cross_attention_dim}: it is not the UNet's text encoder.")
-        if config.num_image_tokens > text_tokenizer.model_max_length:
-            raise ValueError(f"DEEM's condition has {config.num_image_tokens} tokens but the text tokenizer gives "
-                             f"{text_tokenizer.model_max_length}: there is no target for the last ones.")
+        # The text encoder's states are the targets: as many as the tokenizer pads to, at most its positions.
+        target_length = min(int(text_tokenizer.model_max_length), text_encoder.config.max_position_embeddings)
+        if config.num_image_tokens > target_length:
+            raise ValueError(f"DEEM's condition has {config.num_image_tokens} tokens but the text encoder gives "
+                             f"{target_length} (tokenizer model_max_length {text_tokenizer.model_max_length}, "
+                             f"encoder max_position_embeddings {text_encoder.config.max_position_embeddings}): "
+                             "there is no target for the last ones.")
+        if args.world_size > 1:
+            raise ValueError(f"Condition alignment runs in one process (world size {args.world_size}): its loss "
+                             "calls the model's own methods, which DDP and DeepSpeed wrappers do not synchronise.")
         processing_class = processing_class if processing_class is not None else model.processor
         if processing_class is None:
             raise ValueError("No DEEM processor: pass processing_class or load a model saved with its processor.")
         freeze_all_but_condition_mapper(model)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         args.remove_unused_columns = False  # the collator reads the caption column itself
-        kwargs.setdefault("data_collator", ConditionAlignmentCollator(processing_class, text_tokenizer, caption_column))
+        kwargs.setdefault("data_collator", ConditionAlignmentCollator(processing_class, text_tokenizer, caption_column,
+                                                                      target_length))
         use_cache = config.__dict__.get("use_cache", _UNSET)
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         # Trainer writes args.use_cache into the model's config, and so into the saved one; this loss never
@@ -112,11 +128,20 @@ class ConditionAlignmentTrainer(Trainer):
         target_ids = inputs["target_input_ids"]
         if next(self.text_encoder.parameters()).device != target_ids.device:
             self.text_encoder.to(target_ids.device)
+        deem = self.accelerator.unwrap_model(model)
         with torch.no_grad():
-            targets = self.text_encoder(target_ids).last_hidden_state[:, : model.config.num_image_tokens]
-        condition = model.prompt_conditions(inputs["input_ids"], inputs["attention_mask"], with_grad=True)
+            targets = self.text_encoder(target_ids).last_hidden_state[:, : deem.config.num_image_tokens]
+        with self.accelerator.autocast():  # --bf16/--fp16: accelerate autocasts forward, which this loss bypasses
+            condition = deem.prompt_conditions(inputs["input_ids"], inputs["attention_mask"], with_grad=True)
         loss = F.mse_loss(condition.float(), targets.float())
         return (loss, {"condition": condition}) if return_outputs else loss
+
+    def prediction_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[torch.Tensor, None, None]:
+        """Evaluation's loss is the same MSE (the batches have no `labels` for Trainer's default to find)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            return self.compute_loss(model, inputs).detach(), None, None
 
 
 def load_text_encoder(diffusion_model: str | Path) -> tuple[CLIPTextModel, Any]:
@@ -127,7 +152,7 @@ def load_text_encoder(diffusion_model: str | Path) -> tuple[CLIPTextModel, Any]:
 
 def diffusion_model_path(model_path: str | Path, config: Any) -> str:
     """The model's `diffusion_model_name_or_path`, read relative to the model's folder when it names one there
-    (shipped folders keep their parts beside the weights, as `stage0/sd`)."""
+    (shipped folders keep their parts beside the weights, as `stage0/sd`); otherwise as given (a folder or hub id)."""
     name = getattr(config, "diffusion_model_name_or_path", None)
     if not name:
         raise ValueError("The model's config names no diffusion model; pass --diffusion_model_name_or_path.")
@@ -162,11 +187,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if alignment.caption_column not in captions.column_names:
         raise ValueError(f"{alignment.captions!r} has no {alignment.caption_column!r} column (it has "
                          f"{captions.column_names}); set --caption_column.")
+    bad = [i for i, c in enumerate(captions[alignment.caption_column]) if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise ValueError(f"{alignment.captions!r} has {len(bad)} empty or missing captions (rows {bad[:5]}).")
     set_seed(training.seed)
     model = DeemForConditionalGeneration.from_pretrained(alignment.model_name_or_path)
     diffusion = alignment.diffusion_model_name_or_path or diffusion_model_path(alignment.model_name_or_path,
                                                                               model.config)
-    text_encoder, text_tokenizer = load_text_encoder(diffusion)
+    try:
+        text_encoder, text_tokenizer = load_text_encoder(diffusion)
+    except OSError as error:
+        raise OSError(f"No text encoder and tokenizer at {diffusion!r} (subfolders text_encoder/ and tokenizer/); "
+                      "pass --diffusion_model_name_or_path a Stable Diffusion folder or hub id.") from error
     trainer = ConditionAlignmentTrainer(model, training, text_encoder=text_encoder, text_tokenizer=text_tokenizer,
                                         caption_column=alignment.caption_column, train_dataset=captions)
     metrics = trainer.train().metrics
