@@ -233,7 +233,7 @@ def test_align_shipped_changes_only_the_condition_mapper_and_records_it(tmp_path
     with pytest.raises(ValueError, match="already aligned"):  # the shipped model is
         align_shipped(out, steps=2)
     record = align_shipped(out, steps=2, force=True)
-    assert record["steps"] == 2 and record["learning_rate"] == ALIGNMENT["learning_rate"]
+    assert record["steps"] == 2 and record["learning_rate"] == ALIGNMENT["learning_rate"] and record["cpu"]
     assert json.loads((out / "stage0" / "settings.json").read_text())["condition_alignment"] == record
     before, after = load_file(shipped / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys()

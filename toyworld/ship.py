@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -129,10 +130,22 @@ def align_shipped(output: str | Path, steps: int = ALIGNMENT["steps"], force: bo
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     _write_deem(model.eval(), output)
     settings["condition_alignment"] = {**recipe, "first_logged_loss": losses[0], "last_logged_loss": losses[-1],
-                                       "seconds": round(metrics["train_runtime"], 1)}
+                                       "seconds": round(metrics["train_runtime"], 1), "cpu": cpu_name(),
+                                       "threads": torch.get_num_threads()}
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     write_card(output, settings.get("run", "unknown"), aligned=True)
     return settings["condition_alignment"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name: CPU training is bit-for-bit repeatable on one kind of CPU, not across kinds (their
+    kernels round differently and a run's trajectory drifts), so a record of how a part was made names it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def write_card(output: Path, run: str, aligned: bool = True) -> None:
