@@ -52,10 +52,15 @@ def base_scene(index: int, seed: int = 0, split: str = "train", factors: Factors
     return sample_scene(rng_for("scene", seed, split, index), factors)
 
 
+def _rendition_scene(index: int, kind: str, seed: int, split: str, factors: Factors | None) -> tuple[Scene, Any]:
+    """Row `index` as rendition `kind`, not yet drawn: the scene it shows and the drawing style."""
+    return apply_rendition(kind, base_scene(index, seed, split, factors), rng_for(kind, seed, split, index))
+
+
 def shown_scene(index: int, kind: str = "photo", seed: int = 0, split: str = "train",
                 factors: Factors | None = None, size: int = 64) -> tuple[Scene, Any]:
     """Row `index` as rendition `kind`: the scene the image shows (its ground truth) and the image."""
-    scene, style = apply_rendition(kind, base_scene(index, seed, split, factors), rng_for(kind, seed, split, index))
+    scene, style = _rendition_scene(index, kind, seed, split, factors)
     return scene, render(scene, size, style)
 
 
@@ -109,7 +114,7 @@ def captions(split: str = "train", num_rows: int = 4096, seed: int = 0, kind: st
     """The `caption` column of `renditions(kind, split, num_rows, seed)` alone, row for row, without drawing
     the images: text for text-only training (condition alignment)."""
     def row(index: int) -> dict[str, Any]:
-        scene, _ = apply_rendition(kind, base_scene(index, seed, split, factors), rng_for(kind, seed, split, index))
+        scene, _ = _rendition_scene(index, kind, seed, split, factors)
         return {"caption": caption(scene, rng_for("text", seed, split, index), MEDIUM.get(kind, "picture"))}
 
     return Dataset.from_list([row(i) for i in range(num_rows)], features=Features({"caption": Value("string")}))

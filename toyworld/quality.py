@@ -51,12 +51,17 @@ def caption_match(images: list[Image.Image], captions: list[str], clip_folder: s
     caption counts as another), averaged."""
     from .clip import load as load_clip
 
+    return _caption_match(load_clip(clip_folder), images, captions)
+
+
+def _caption_match(clip: tuple[Any, Any, Any], images: list[Image.Image], captions: list[str]) -> dict[str, float]:
+    """`caption_match` with the toy CLIP (model, preprocess, tokenizer) already loaded."""
     if len(images) != len(captions) or len(images) < 2:
         raise ValueError(f"caption_match needs as many captions as images, at least 2; got {len(images)} images "
                          f"and {len(captions)} captions.")
-    clip, preprocess, tokenizer = load_clip(clip_folder)
-    text = torch.nn.functional.normalize(clip.encode_text(tokenizer(captions)), dim=-1)
-    embedded = torch.nn.functional.normalize(clip.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1)
+    model, preprocess, tokenizer = clip
+    text = torch.nn.functional.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+    embedded = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1)
 
     def score(texts: torch.Tensor) -> float:
         return float((100 * (embedded * texts).sum(-1)).clamp(min=0).mean())
@@ -72,6 +77,8 @@ def text_to_image_clip_score(model: Any, clip_folder: str | Path, num_captions: 
     to two references on the same captions: the real photographs they describe (what a perfect generator would
     reach) and the generated images scored against other captions (what images unrelated to their caption get).
     `guidance_scale` None: the package's default."""
+    from .clip import load as load_clip
+
     model = _load(model)
     rows = photographs(split, num_rows=num_captions, seed=seed)
     captions, photos = list(rows["caption"]), [row[0] for row in rows["images"]]
@@ -79,8 +86,9 @@ def text_to_image_clip_score(model: Any, clip_folder: str | Path, num_captions: 
     guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     generated = model.generate(**inputs, generation_mode="image", num_inference_steps=steps,
                                generator=torch.Generator().manual_seed(seed), **guidance)
-    scores = caption_match(generated, captions, clip_folder)
-    return {"generated": scores["own_captions"], "photographs": caption_match(photos, captions, clip_folder)["own_captions"],
+    clip = load_clip(clip_folder)
+    scores = _caption_match(clip, generated, captions)
+    return {"generated": scores["own_captions"], "photographs": _caption_match(clip, photos, captions)["own_captions"],
             "generated_vs_other_captions": scores["other_captions"]}
 
 

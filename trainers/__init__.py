@@ -6,8 +6,8 @@ from .deem_trainer import DeemTrainer
 from .stages import STAGES, StageRecipe, apply_stage, get_stage
 from .synthetic_data import make_shapes_dataset
 
-__all__ = ["STAGES", "ConditionAlignmentTrainer", "DeemDataCollator", "DeemTrainer", "StageRecipe", "apply_stage", "get_stage",
-           "make_shapes_dataset"]
+__all__ = ["STAGES", "ConditionAlignmentTrainer", "DeemDataCollator", "DeemTrainer", "StageRecipe", "apply_stage",
+           "get_stage", "make_shapes_dataset"]
 
 
 def __getattr__(name: str):

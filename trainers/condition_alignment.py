@@ -30,15 +30,18 @@ from transformers import AutoTokenizer, CLIPTextModel, HfArgumentParser, Trainer
 
 from modeling_deem import DeemForConditionalGeneration
 
-CONDITION_MAPPER = ("context_proj", "condition_resampler")
+from .data_builders import DATA_FILE_KINDS
+from .stages import parameter_group
+
 _UNSET = object()
 
 
 def freeze_all_but_condition_mapper(model: torch.nn.Module) -> list[str]:
-    """Only `context_proj` and the condition resampler keep gradients; returns their parameters' names."""
+    """Only the condition side (`trainers.stages`' "condition_side" group: `context_proj`, the condition resampler
+    and the negative condition, which this loss never reaches) keeps gradients; returns their parameters' names."""
     trainable = []
     for name, parameter in model.named_parameters():
-        keep = name.split(".")[0] in CONDITION_MAPPER
+        keep = parameter_group(name) == "condition_side"
         parameter.requires_grad_(keep)
         if keep:
             trainable.append(name)
@@ -172,7 +175,7 @@ class AlignmentArguments:
 def load_captions(path: str | Path) -> Dataset:
     """A caption file as a `datasets` Dataset, by its extension."""
     path = Path(path)
-    kinds = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+    kinds = {**DATA_FILE_KINDS, ".txt": "text"}
     if path.suffix not in kinds:
         raise ValueError(f"Captions must be one of {sorted(kinds)} files, got {str(path)!r}.")
     if not path.is_file():

@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+# The `datasets` builder for each data-file extension the training scripts read.
+DATA_FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
 IMAGE = "<image>"
 
 

@@ -28,7 +28,7 @@ from modeling_deem import DeemConfig, DeemForConditionalGeneration
 from processing import DeemProcessor
 
 from .collator import DeemDataCollator
-from .data_builders import image_text_pair_row, llava_conversation_row
+from .data_builders import DATA_FILE_KINDS, image_text_pair_row, llava_conversation_row
 from .deem_trainer import DeemTrainer
 from .lora import lora_on_language_model
 from .packing import DeemPackingCollator
@@ -113,7 +113,7 @@ def load_rows(data: DataArguments, seed: int) -> Dataset | IterableDataset:
     if path.is_dir() and (path / "dataset_info.json").exists():
         dataset = load_from_disk(str(path))
     elif path.is_file():
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+        kind = DATA_FILE_KINDS.get(path.suffix)
         if kind is None:
             raise ValueError(f"Unsupported data file {path}: use .json, .jsonl, .parquet or .csv.")
         dataset = load_dataset(kind, data_files=str(path), split="train", streaming=data.streaming)
