@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # Rebuilds hub_configs/deem-toy from nothing and checks it bit for bit: stage 0 (toy CLIP, SD, LM), the study's
 # shipped run alone (seed 0, λ_CSR 5, same settings as the study), shipped into a scratch folder (with the ship
-# script's condition alignment, 3,000 steps, about 6 minutes), then compared tensor by tensor with the repository's
-# copy. Same thread count (2), same library versions as the shipped files (pyproject.toml pins them). Exit status 0
-# only when every weight matches. About 76 minutes on 2 CPU cores with nothing else running (run end to end on
-# 2026-11-23 before the alignment existed: identical, 86 min while sharing the machine).
-# Bit for bit only on the kind of CPU that made the parts: another kind rounds differently and training drifts
-# (measured: on an "AMD EPYC" machine the rebuilt toy LM and CLIP differ in every tensor, at the same quality). The
-# deem-toy shipped now was made in two halves, stage 0 to stage II on the machine of that check and the alignment on
-# the AMD EPYC one (its stage0/settings.json records the alignment's CPU), so a full rebuild on one machine matches
-# it only in part. Stage 0 is the recipe that sees and draws shapes (the scripts' defaults: max-pooled CLIP with
+# script's condition alignment, 3,000 steps), then compared tensor by tensor with the repository's copy. Same thread
+# count (2), same library versions as the shipped files (pyproject.toml pins them). Exit status 0 only when every
+# weight matches. Stage 0 is the recipe that sees and draws shapes (the scripts' defaults: max-pooled CLIP with
 # layer scale 1.0, 8,000 UNet steps); see docs/TOY_WORLD.md, What ships.
-# The alignment half alone (about 6 minutes): the stage-II model as shipped before the alignment (commit e0e166e),
-# aligned again and compared: ./scripts/reproduce_deem_toy.sh --alignment [scratch folder]
+# Bit for bit only on the kind of CPU that made the files: another kind rounds differently and training drifts. The
+# deem-toy shipped now is these three commands' output on a machine whose CPU reads "AMD EPYC" (2 threads,
+# 2026-11-23: 103 min end to end, stage 0 76 of them; stage0/settings.json records the alignment's CPU).
+# The alignment half alone (about 6 minutes, same CPU kind): the earlier stage-II model (commit e0e166e) aligned
+# again and compared with the deem-toy its alignment shipped (commit 928409b):
+#   ./scripts/reproduce_deem_toy.sh --alignment [scratch folder]
 #   ./scripts/reproduce_deem_toy.sh [scratch folder, default outputs/toy-reproduce]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 if [[ "${1:-}" == "--alignment" ]]; then
     out=${2:-outputs/toy-reproduce-alignment}
-    stage2=e0e166e  # the last commit whose deem-toy is the stage-II model itself
-    rm -rf "$out" && cp -r hub_configs/deem-toy "$out"
+    stage2=e0e166e   # the last commit whose deem-toy is an unaligned stage-II model (the earlier one)
+    aligned=928409b  # the deem-toy that aligning it shipped (on an AMD EPYC machine, 2 threads)
+    rm -rf "$out" "$out.expected" && mkdir -p "$out.expected"
+    git archive "$aligned" hub_configs/deem-toy | tar -x -C "$out.expected" --strip-components=2
+    cp -r "$out.expected" "$out"
     git show "$stage2:hub_configs/deem-toy/model.safetensors" > "$out/model.safetensors"
     git show "$stage2:hub_configs/deem-toy/stage0/settings.json" > "$out/stage0/settings.json"
     .venv/bin/python -c "import sys, toyworld.ship as s; print(s.align_shipped(sys.argv[1]))" "$out"
-    exec .venv/bin/python -m toyworld.reproduction "$out" hub_configs/deem-toy
+    exec .venv/bin/python -m toyworld.reproduction "$out" "$out.expected"
 fi
 out=${1:-outputs/toy-reproduce}
 .venv/bin/python -m toyworld.study --output-dir "$out" --seeds 0 --lambdas 5
