@@ -55,6 +55,13 @@ def test_report_calls_an_overlapping_difference_no_difference(tmp_path):
     assert "stage1, RobustVQA-toy acc: no difference beyond the seeds' spread" in write_report(tmp_path)
 
 
+def test_report_judges_nothing_from_one_seed(tmp_path):
+    _results(tmp_path, on_scores=[0.7], off_scores=[0.5])
+    text = write_report(tmp_path)
+    assert "stage1, RobustVQA-toy acc: one seed, no spread to judge by (0.700 vs 0.500, difference +0.200)." in text
+    assert "CSR on is" not in text and "beyond the seeds' spread" not in text
+
+
 def test_ship_writes_float16_copies_without_code(tmp_path, tiny_model, processor):
     from toyworld.ship import ship
 

@@ -69,7 +69,10 @@ def verdict(table: dict[tuple[float, str, str], list[float]], off: float, on: fl
             diff = mb - ma
             se = (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
             better = diff > 0 if higher else diff < 0
-            if len(a) > 1 and len(b) > 1 and abs(diff) > 2 * se and diff != 0:
+            if len(a) < 2 or len(b) < 2:  # one seed has no spread: nothing to weigh the difference against
+                lines.append(f"{stage}, {label}: one seed, no spread to judge by ({mb:.3f} vs {ma:.3f}, difference "
+                             f"{diff:+.3f}).")
+            elif abs(diff) > 2 * se and diff != 0:
                 word = "better" if better else "worse"
                 lines.append(f"{stage}, {label}: CSR on is {word} ({mb:.3f} vs {ma:.3f}, difference {diff:+.3f}, "
                              f"2 SE = {2 * se:.3f}).")
