@@ -67,13 +67,13 @@ def verdict(table: dict[tuple[float, str, str], list[float]], off: float, on: fl
                 continue
             (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
             diff = mb - ma
-            se = (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
-            better = diff > 0 if higher else diff < 0
             if len(a) < 2 or len(b) < 2:  # one seed has no spread: nothing to weigh the difference against
                 lines.append(f"{stage}, {label}: one seed, no spread to judge by ({mb:.3f} vs {ma:.3f}, difference "
                              f"{diff:+.3f}).")
-            elif abs(diff) > 2 * se and diff != 0:
-                word = "better" if better else "worse"
+                continue
+            se = (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+            if abs(diff) > 2 * se and diff != 0:
+                word = "better" if (diff > 0) == higher else "worse"
                 lines.append(f"{stage}, {label}: CSR on is {word} ({mb:.3f} vs {ma:.3f}, difference {diff:+.3f}, "
                              f"2 SE = {2 * se:.3f}).")
             else:
