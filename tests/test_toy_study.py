@@ -55,6 +55,21 @@ def test_report_calls_an_overlapping_difference_no_difference(tmp_path):
     assert "stage1, RobustVQA-toy acc: no difference beyond the seeds' spread" in write_report(tmp_path)
 
 
+def test_report_reads_a_lower_reconstruction_error_as_better(tmp_path):
+    _results(tmp_path, on_scores=[0.5, 0.5, 0.5], off_scores=[0.5, 0.5, 0.5])
+    results = json.loads((tmp_path / "results.json").read_text())
+    for run in results["runs"].values():  # CSR on rebuilds with a tenth of the error, off does not
+        mse = [0.004, 0.005, 0.006][run["seed"]] if run["csr_loss_weight"] == 5.0 else [0.04, 0.05, 0.06][run["seed"]]
+        run["scores"] = {stage: {**scores, "reconstruction_mse": mse} for stage, scores in run["scores"].items()}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert "stage2, CSR reconstruction MSE: CSR on is better (0.005 vs 0.050" in write_report(tmp_path)
+    for run in results["runs"].values():  # swapped: CSR on has the larger error
+        for scores in run["scores"].values():
+            scores["reconstruction_mse"] = 0.05 if run["csr_loss_weight"] == 5.0 else 0.005 + 0.001 * run["seed"]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert "stage2, CSR reconstruction MSE: CSR on is worse (0.050 vs 0.006" in write_report(tmp_path)
+
+
 def test_report_judges_nothing_from_one_seed(tmp_path):
     _results(tmp_path, on_scores=[0.7], off_scores=[0.5])
     text = write_report(tmp_path)
